@@ -1,0 +1,259 @@
+"""The ``edge-agent`` command: run the agent, prepare models, and talk to a running agent."""
+
+from __future__ import annotations
+
+import argparse
+import json
+import logging
+import sys
+from collections.abc import Sequence
+from pathlib import Path
+
+import grpc
+
+from edge_agent._version import __version__
+from edge_agent.config import AgentConfig, default_demo_models_dir
+from edge_agent.constants import DEFAULT_SOCKET_PATH
+
+LOGGER = logging.getLogger("edge_agent")
+
+
+def _configure_logging(level: str) -> None:
+    logging.basicConfig(
+        level=getattr(logging, level.upper(), logging.INFO),
+        format="%(asctime)s %(levelname)s %(name)s: %(message)s",
+        stream=sys.stderr,
+    )
+
+
+# -- serve and model preparation ----------------------------------------------------------------
+
+
+def _cmd_serve(args: argparse.Namespace) -> int:
+    from edge_agent.backends import select_provider
+    from edge_agent.models import ModelManager
+    from edge_agent.server import run
+
+    config = AgentConfig.from_env()
+    if args.socket:
+        config.socket_path = args.socket
+    if args.tcp:
+        config.tcp_address = args.tcp
+    if args.models_dir:
+        config.models_dirs = [Path(p) for p in args.models_dir]
+    if args.backend:
+        config.backend = args.backend
+    if args.workers:
+        config.worker_threads = args.workers
+    if not config.models_dirs:
+        demo_dir = default_demo_models_dir()
+        config.models_dirs = [demo_dir]
+        _prepare_default_demo_models(demo_dir)
+
+    provider = select_provider(config.backend, intra_op_threads=config.intra_op_threads)
+    manager = ModelManager(config.models_dirs, provider, loader_threads=config.loader_threads)
+    try:
+        return run(config, manager)
+    except OSError as exc:
+        manager.close()
+        LOGGER.error("cannot start: %s", exc)
+        return 2
+
+
+def _prepare_default_demo_models(demo_dir: Path) -> None:
+    from edge_agent import demo
+
+    try:
+        demo.build_demo_models(demo_dir)
+    except RuntimeError as exc:  # scikit-image (the demo extra) missing
+        LOGGER.warning("no --models-dir given and the demo models cannot be built: %s", exc)
+    LOGGER.info("no --models-dir given: serving the demo models in %s", demo_dir)
+
+
+def _cmd_demo_models(args: argparse.Namespace) -> int:
+    from edge_agent import demo
+
+    paths = demo.build_demo_models(Path(args.directory), force=args.force)
+    for path in paths:
+        print(path)
+    if args.samples:
+        for path in demo.write_demo_samples(Path(args.samples)):
+            print(path)
+    return 0
+
+
+# -- client commands ----------------------------------------------------------------------------
+
+
+def _client(args: argparse.Namespace):  # type: ignore[no-untyped-def]
+    from edge_agent.client import AgentClient
+
+    return AgentClient(args.address, timeout_s=args.timeout)
+
+
+def _status_name(value: int) -> str:
+    from edge_agent.client import STATUS_NAMES
+
+    return STATUS_NAMES.get(value, str(value))
+
+
+def _cmd_list(args: argparse.Namespace) -> int:
+    models = _client(args).list()
+    if args.json:
+        print(json.dumps([_model_json(m) for m in models], indent=2))
+        return 0
+    if not models:
+        print("no model components deployed")
+    for model in models:
+        line = f"{model.model_component:40s} {_status_name(model.status):9s}"
+        if model.status_message:
+            line += f" {model.status_message}"
+        print(line)
+    return 0
+
+
+def _model_json(model) -> dict:  # type: ignore[no-untyped-def]
+    return {"model_component": model.model_component, "lookout_vision_model_arn": model.lookout_vision_model_arn,
+            "status": _status_name(model.status), "status_message": model.status_message}
+
+
+def _cmd_describe(args: argparse.Namespace) -> int:
+    description = _client(args).describe(args.name)
+    if args.json:
+        print(json.dumps(_model_json(description), indent=2))
+    else:
+        for key, value in _model_json(description).items():
+            print(f"{key}: {value}")
+    return 0
+
+
+def _cmd_start(args: argparse.Namespace) -> int:
+    client = _client(args)
+    print(_status_name(client.start(args.name)))
+    if not args.wait:
+        return 0
+    description = client.wait(args.name, timeout_s=args.wait_timeout)
+    print(_status_name(description.status), description.status_message)
+    return 0 if description.status == 2 else 1
+
+
+def _cmd_stop(args: argparse.Namespace) -> int:
+    print(_status_name(_client(args).stop(args.name)))
+    return 0
+
+
+def _cmd_detect(args: argparse.Namespace) -> int:
+    from PIL import Image
+
+    from edge_agent.client import load_rgb
+
+    client = _client(args)
+    results = []
+    for index, image_path in enumerate(args.images):
+        image = load_rgb(Path(image_path))
+        outcome = client.detect(args.name, image, shared_memory=args.shared_memory)
+        result = outcome.result
+        entry = {
+            "image": str(image_path),
+            "is_anomalous": result.is_anomalous,
+            "confidence": round(result.confidence, 6),
+            "anomalies": [{"name": a.name, "area": round(a.pixel_anomaly.total_percentage_area, 6),
+                           "color": a.pixel_anomaly.hex_color} for a in result.anomalies],
+            "seconds": round(outcome.seconds, 4),
+        }
+        if args.mask_out and outcome.mask is not None:
+            mask_path = Path(args.mask_out)
+            if len(args.images) > 1:
+                mask_path = mask_path.with_name(f"{mask_path.stem}-{index}{mask_path.suffix or '.png'}")
+            Image.fromarray(outcome.mask).save(mask_path)
+            entry["mask"] = str(mask_path)
+        results.append(entry)
+        if not args.json:
+            verdict = "ANOMALOUS" if result.is_anomalous else "normal"
+            print(f"{image_path}: {verdict} (confidence {result.confidence:.3f}, {outcome.seconds * 1000:.1f} ms)")
+            for anomaly in entry["anomalies"]:
+                print(f"    {anomaly['name']:20s} {anomaly['area'] * 100:7.3f}% {anomaly['color']}")
+            if "mask" in entry:
+                print(f"    mask written to {entry['mask']}")
+    if args.json:
+        print(json.dumps(results, indent=2))
+    return 0
+
+
+# -- argument parsing ---------------------------------------------------------------------------
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(
+        prog="edge-agent",
+        description="Serve anomaly-detection models over the Lookout for Vision Edge Agent gRPC API.",
+    )
+    parser.add_argument("--version", action="version", version=f"edge-agent {__version__}")
+    parser.add_argument("--log-level", default="info", choices=["debug", "info", "warning", "error"])
+    commands = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
+
+    serve = commands.add_parser("serve", help="run the agent in the foreground")
+    serve.add_argument("--socket", help=f"unix socket path (default {DEFAULT_SOCKET_PATH})")
+    serve.add_argument("--tcp", metavar="HOST:PORT", help="also listen on TCP (off by default; no TLS yet)")
+    serve.add_argument("--models-dir", action="append", metavar="DIR",
+                       help="directory of model components (repeatable; default: the demo models)")
+    serve.add_argument("--backend", choices=["auto", "onnxruntime"], help="inference engine (default auto)")
+    serve.add_argument("--workers", type=int, help="gRPC worker threads")
+    serve.set_defaults(func=_cmd_serve)
+
+    demo = commands.add_parser("demo-models", help="build the demo model components into DIR")
+    demo.add_argument("directory", metavar="DIR")
+    demo.add_argument("--force", action="store_true", help="rebuild even if present")
+    demo.add_argument("--samples", metavar="DIR", help="also write sample images (good and defective) there")
+    demo.set_defaults(func=_cmd_demo_models)
+
+    def client_command(name: str, help_text: str):  # type: ignore[no-untyped-def]
+        sub = commands.add_parser(name, help=help_text)
+        sub.add_argument("--address", default=None,
+                         help=f"agent address: unix:PATH, a socket path or HOST:PORT (default {DEFAULT_SOCKET_PATH})")
+        sub.add_argument("--timeout", type=float, default=60.0, help="seconds per call")
+        sub.add_argument("--json", action="store_true", help="print JSON")
+        return sub
+
+    client_command("list", "list the model components").set_defaults(func=_cmd_list)
+    sub = client_command("describe", "describe one model component")
+    sub.add_argument("name")
+    sub.set_defaults(func=_cmd_describe)
+    sub = client_command("start", "start a model")
+    sub.add_argument("name")
+    sub.add_argument("--wait", action="store_true", help="wait until RUNNING or FAILED")
+    sub.add_argument("--wait-timeout", type=float, default=180.0)
+    sub.set_defaults(func=_cmd_start)
+    sub = client_command("stop", "stop a model")
+    sub.add_argument("name")
+    sub.set_defaults(func=_cmd_stop)
+    sub = client_command("detect", "run images through a RUNNING model")
+    sub.add_argument("name")
+    sub.add_argument("images", nargs="+", metavar="IMAGE")
+    sub.add_argument("--mask-out", metavar="FILE.png", help="write the anomaly mask as PNG")
+    sub.add_argument("--shared-memory", action="store_true", help="send the image and get the mask by shared memory")
+    sub.set_defaults(func=_cmd_detect)
+    return parser
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    args = build_parser().parse_args(argv)
+    _configure_logging(args.log_level)
+    try:
+        return int(args.func(args))
+    except grpc.RpcError as exc:
+        code = exc.code() if hasattr(exc, "code") else None
+        details = exc.details() if hasattr(exc, "details") else str(exc)
+        if code is grpc.StatusCode.UNAVAILABLE:
+            details = f"{details}. Is the agent running? Start it with 'edge-agent serve'."
+        print(f"error: {code.name if code else 'RPC failed'}: {details}", file=sys.stderr)
+        return 1
+    except (OSError, ValueError) as exc:
+        print(f"error: {exc}", file=sys.stderr)
+        return 1
+    except KeyboardInterrupt:
+        return 130
+
+
+if __name__ == "__main__":
+    sys.exit(main())

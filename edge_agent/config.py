@@ -1,0 +1,77 @@
+"""The agent's configuration: a dataclass, filled from the command line or the environment."""
+
+from __future__ import annotations
+
+import os
+from dataclasses import dataclass, field
+from pathlib import Path
+
+from edge_agent.constants import (
+    DEFAULT_LOADER_THREADS,
+    DEFAULT_MAX_CONCURRENT_RPCS,
+    DEFAULT_SHUTDOWN_GRACE_S,
+    DEFAULT_SOCKET_PATH,
+    DEFAULT_WORKER_THREADS,
+)
+
+ENV_PREFIX = "EDGE_AGENT_"
+
+
+def default_data_dir() -> Path:
+    """Where the agent keeps generated files when nothing else is said (demo models, caches)."""
+    base = os.environ.get("XDG_CACHE_HOME") or os.path.join(os.path.expanduser("~"), ".cache")
+    return Path(base) / "edge-agent"
+
+
+def default_demo_models_dir() -> Path:
+    return default_data_dir() / "demo-models"
+
+
+@dataclass
+class AgentConfig:
+    """Everything ``edge-agent serve`` can be told.
+
+    Every field can also come from an ``EDGE_AGENT_<FIELD>`` environment
+    variable (``models_dirs`` is a ``:``-separated list); the command line wins.
+    """
+
+    socket_path: str = DEFAULT_SOCKET_PATH
+    tcp_address: str | None = None
+    models_dirs: list[Path] = field(default_factory=list)
+    backend: str = "auto"
+    worker_threads: int = DEFAULT_WORKER_THREADS
+    max_concurrent_rpcs: int = DEFAULT_MAX_CONCURRENT_RPCS
+    loader_threads: int = DEFAULT_LOADER_THREADS
+    intra_op_threads: int = 0
+    shutdown_grace_s: float = DEFAULT_SHUTDOWN_GRACE_S
+    socket_mode: int = 0o660
+
+    @classmethod
+    def from_env(cls, environ: dict[str, str] | None = None) -> AgentConfig:
+        env = os.environ if environ is None else environ
+        config = cls()
+
+        def get(name: str) -> str | None:
+            value = env.get(ENV_PREFIX + name.upper())
+            return value if value else None
+
+        if (value := get("socket_path")) is not None:
+            config.socket_path = value
+        if (value := get("tcp_address")) is not None:
+            config.tcp_address = value
+        if (value := get("models_dirs")) is not None:
+            config.models_dirs = [Path(p) for p in value.split(":") if p]
+        if (value := get("backend")) is not None:
+            config.backend = value
+        for name in ("worker_threads", "max_concurrent_rpcs", "loader_threads", "intra_op_threads"):
+            if (value := get(name)) is not None:
+                try:
+                    setattr(config, name, int(value))
+                except ValueError:
+                    raise ValueError(f"{ENV_PREFIX}{name.upper()}={value!r} is not an integer") from None
+        if (value := get("shutdown_grace_s")) is not None:
+            try:
+                config.shutdown_grace_s = float(value)
+            except ValueError:
+                raise ValueError(f"{ENV_PREFIX}SHUTDOWN_GRACE_S={value!r} is not a number") from None
+        return config

@@ -1,0 +1,165 @@
+"""Frames in, tensors out, masks back: the agent's image handling.
+
+Frames are packed RGB888 (optionally with padded rows, as camera pipelines
+hand them). Pre-processing resizes to the model's input with Pillow (its C
+resampling reduces large frames by box filtering first, which is both fast and
+an area-correct downscale), then scales and normalizes in one numpy pass.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import numpy as np
+from PIL import Image
+
+from edge_agent.constants import MAX_IMAGE_SIDE_PX, MIN_IMAGE_SIDE_PX, RGB_BYTES_PER_PIXEL
+from edge_agent.errors import InvalidArgumentError
+from edge_agent.manifest import InputSpec
+
+_RESAMPLE = {
+    "bilinear": Image.Resampling.BILINEAR,
+    "area": Image.Resampling.BOX,
+    "nearest": Image.Resampling.NEAREST,
+    "bicubic": Image.Resampling.BICUBIC,
+}
+# Pillow first reduces by an integer factor with a box filter while the image stays at
+# least this many times larger than the target: fast and free of aliasing.
+_REDUCING_GAP = 2.0
+
+
+@dataclass(frozen=True)
+class Frame:
+    """An RGB888 image: ``height`` rows of ``stride`` bytes, ``width*3`` of them pixels."""
+
+    width: int
+    height: int
+    stride: int
+    data: np.ndarray  # 1-D uint8, at least height*stride bytes
+
+    def array(self) -> np.ndarray:
+        """A (height, width, 3) uint8 view (no copy)."""
+        rows = self.data[: self.height * self.stride].reshape(self.height, self.stride)
+        return rows[:, : self.width * RGB_BYTES_PER_PIXEL].reshape(self.height, self.width, RGB_BYTES_PER_PIXEL)
+
+    def to_pil(self) -> Image.Image:
+        return Image.frombuffer(
+            "RGB", (self.width, self.height), self.data, "raw", "RGB", self.stride, 1
+        )
+
+
+def check_size(width: int, height: int, field: str = "bitmap") -> None:
+    """Raises InvalidArgumentError unless both sides are within the accepted range."""
+    for name, value in (("width", width), ("height", height)):
+        if not MIN_IMAGE_SIDE_PX <= value <= MAX_IMAGE_SIDE_PX:
+            raise InvalidArgumentError(
+                f"{field}.{name} is {value}; it must be between {MIN_IMAGE_SIDE_PX} and {MAX_IMAGE_SIDE_PX} pixels."
+            )
+
+
+def frame_from_bytes(width: int, height: int, data: bytes, field: str = "bitmap") -> Frame:
+    """Validates an inline bitmap: exactly width*height*3 bytes of packed RGB888."""
+    check_size(width, height, field)
+    expected = width * height * RGB_BYTES_PER_PIXEL
+    if len(data) != expected:
+        raise InvalidArgumentError(_byte_count_message(width, height, len(data), f"{field}.byte_data"))
+    return Frame(width, height, width * RGB_BYTES_PER_PIXEL, np.frombuffer(data, dtype=np.uint8))
+
+
+def frame_from_segment(width: int, height: int, data: np.ndarray, field: str) -> Frame:
+    """Validates a frame read from shared memory, whose rows may be padded.
+
+    ``len(data)`` is the handle's size: ``height * stride`` with ``stride >= width*3``.
+    """
+    check_size(width, height, "bitmap")
+    packed = width * RGB_BYTES_PER_PIXEL
+    size = int(data.size)
+    if size == width * height * 4:
+        raise InvalidArgumentError(_byte_count_message(width, height, size, f"{field}.size"))
+    if size % height != 0 or size // height < packed:
+        raise InvalidArgumentError(
+            f"{field}.size is {size} bytes; for a {width}x{height} RGB888 image it must be {width * height * 3} "
+            f"(packed rows) or height*stride with each row at least {packed} bytes (padded rows)."
+        )
+    return Frame(width, height, size // height, data)
+
+
+def _byte_count_message(width: int, height: int, got: int, field: str) -> str:
+    expected = width * height * RGB_BYTES_PER_PIXEL
+    message = (
+        f"{field} holds {got} bytes but a {width}x{height} RGB888 image is width*height*3 = {expected} bytes."
+    )
+    if got == width * height * 4:
+        message += (
+            " That is 4 bytes per pixel: the frame looks like RGBA/BGRX from a camera. Drop the fourth "
+            "channel (for example numpy's image[:, :, :3]) and send packed RGB."
+        )
+    else:
+        message += " Send packed, interleaved RGB rows with no padding."
+    return message
+
+
+class Preprocessor:
+    """Turns a Frame into the model's input tensor, as the manifest describes."""
+
+    def __init__(self, spec: InputSpec, dtype: np.dtype) -> None:
+        self.spec = spec
+        self.dtype = dtype
+        self._resample = _RESAMPLE[spec.resize]
+        # x' = (x * scale - mean) / std  ==  x * gain + bias, per channel.
+        std = np.asarray(spec.std, dtype=np.float32)
+        self._gain = (spec.scale / std).astype(np.float32)
+        self._bias = (-np.asarray(spec.mean, dtype=np.float32) / std).astype(np.float32)
+        self._identity = bool(np.all(self._gain == 1.0) and np.all(self._bias == 0.0))
+
+    def resized(self, frame: Frame) -> np.ndarray:
+        """The frame resized to the model's input, (H, W, 3) uint8 RGB."""
+        size = (self.spec.width, self.spec.height)
+        if (frame.width, frame.height) == size:
+            return frame.array()
+        image = frame.to_pil().resize(size, self._resample, reducing_gap=_REDUCING_GAP)
+        return np.asarray(image)
+
+    def __call__(self, frame: Frame) -> np.ndarray:
+        """Returns a batch of one: (1, 3, H, W) or (1, H, W, 3)."""
+        pixels = self.resized(frame)
+        if self.spec.channel_order == "BGR":
+            pixels = pixels[:, :, ::-1]
+        if self.dtype == np.uint8:
+            tensor = np.ascontiguousarray(pixels)
+        else:
+            tensor = pixels.astype(np.float32)
+            if not self._identity:
+                tensor *= self._gain
+                tensor += self._bias
+            if self.dtype != np.float32:
+                tensor = tensor.astype(self.dtype)
+        if self.spec.layout == "NCHW":
+            tensor = tensor.transpose(2, 0, 1)
+        return np.ascontiguousarray(tensor[np.newaxis])
+
+
+def upscale_map(values: np.ndarray, width: int, height: int) -> np.ndarray:
+    """Bilinear resize of a 2-D float map to (height, width) float32."""
+    source = np.ascontiguousarray(values, dtype=np.float32)
+    if source.shape == (height, width):
+        return source
+    image = Image.fromarray(source).resize((width, height), Image.Resampling.BILINEAR)
+    return np.asarray(image)
+
+
+def upscale_labels(labels: np.ndarray, width: int, height: int) -> np.ndarray:
+    """Nearest-neighbour resize of a 2-D uint8 label map to (height, width)."""
+    source = np.ascontiguousarray(labels, dtype=np.uint8)
+    if source.shape == (height, width):
+        return source
+    return np.asarray(Image.fromarray(source).resize((width, height), Image.Resampling.NEAREST))
+
+
+def paint(labels: np.ndarray, palette: np.ndarray) -> np.ndarray:
+    """Paints a (H, W) label map with an (N, 3) uint8 palette: (H, W, 3) RGB888."""
+    return palette[labels]
+
+
+def hex_to_rgb(color: str) -> tuple[int, int, int]:
+    return int(color[1:3], 16), int(color[3:5], 16), int(color[5:7], 16)

@@ -1,0 +1,227 @@
+"""One loaded model: pre-processing, the engine, and post-processing.
+
+Post-processing keeps the contract's two levels apart: ``is_anomalous`` and
+``confidence`` come from the image-level score alone; the mask and the
+anomalies list from the pixel-level output alone.
+"""
+
+from __future__ import annotations
+
+import logging
+import math
+from dataclasses import dataclass
+
+import numpy as np
+
+from edge_agent.constants import MIN_CONFIDENCE
+from edge_agent.engines.base import Backend, TensorInfo
+from edge_agent.errors import InferenceError, ModelLoadError
+from edge_agent.imaging import Frame, Preprocessor, hex_to_rgb, paint, upscale_labels, upscale_map
+from edge_agent.manifest import BACKGROUND_COLOR, BACKGROUND_NAME, Manifest
+
+LOGGER = logging.getLogger(__name__)
+
+
+@dataclass(frozen=True)
+class AnomalyArea:
+    name: str
+    fraction: float  # of the whole image, in [0, 1]
+    color: str  # "#RRGGBB"
+
+
+@dataclass(frozen=True)
+class Detection:
+    """What one image yields; the mask is at the input image's size."""
+
+    is_anomalous: bool
+    confidence: float
+    raw_score: float
+    normalized_score: float
+    mask: np.ndarray | None  # (H, W, 3) uint8 RGB, segmentation models only
+    anomalies: tuple[AnomalyArea, ...]
+
+
+class ModelRunner:
+    """A manifest bound to a loaded backend."""
+
+    def __init__(self, manifest: Manifest, backend: Backend) -> None:
+        self.manifest = manifest
+        self.backend = backend
+        self.input_name, self.preprocess = self._bind_input()
+        self._check_outputs_declared()
+        types = manifest.anomaly_types
+        self.class_names = (BACKGROUND_NAME, *(t.name for t in types))
+        self.class_colors = (BACKGROUND_COLOR, *(t.color for t in types))
+        self.palette = np.array([hex_to_rgb(c) for c in self.class_colors], dtype=np.uint8)
+
+    # -- binding and validation -------------------------------------------------------------
+
+    def _bind_input(self) -> tuple[str, Preprocessor]:
+        spec = self.manifest.input
+        inputs = {t.name: t for t in self.backend.inputs}
+        path = self.manifest.model_file
+        if spec.name is None:
+            if len(inputs) != 1:
+                raise ModelLoadError(
+                    f"{path}: the model has inputs {sorted(inputs)}; set input.name in the manifest to the image input."
+                )
+            info = next(iter(inputs.values()))
+        elif spec.name in inputs:
+            info = inputs[spec.name]
+        else:
+            raise ModelLoadError(
+                f"{path}: the manifest's input.name {spec.name!r} is not an input of the model "
+                f"(its inputs: {sorted(inputs)}). Fix input.name."
+            )
+        if len(inputs) != 1:
+            raise ModelLoadError(
+                f"{path}: the model has {len(inputs)} inputs {sorted(inputs)}; the agent feeds one image input."
+            )
+        _check_input_shape(info, spec.layout, spec.width, spec.height, path)
+        expected = np.dtype(spec.dtype)
+        if info.dtype != expected:
+            raise ModelLoadError(
+                f"{path}: input {info.name!r} takes {info.dtype} but the manifest says input.dtype {spec.dtype}. "
+                f"Set input.dtype to {info.dtype}."
+            )
+        return info.name, Preprocessor(spec, info.dtype)
+
+    def _check_outputs_declared(self) -> None:
+        names = {t.name for t in self.backend.outputs}
+        outputs = self.manifest.outputs
+        for field, value in (("image_score", outputs.image_score), ("anomaly_map", outputs.anomaly_map),
+                             ("segmentation", outputs.segmentation)):
+            if value is not None and value not in names:
+                raise ModelLoadError(
+                    f"{self.manifest.model_file}: the manifest's outputs.{field} {value!r} is not an output of "
+                    f"the model (its outputs: {sorted(names)}). Fix outputs.{field}."
+                )
+
+    def warm_up(self) -> Detection:
+        """Runs one mid-grey frame through everything, so shape errors surface at load time."""
+        spec = self.manifest.input
+        pixels = np.full(spec.width * spec.height * 3, 128, dtype=np.uint8)
+        frame = Frame(spec.width, spec.height, spec.width * 3, pixels)
+        try:
+            return self.detect(frame)
+        except InferenceError as exc:
+            raise ModelLoadError(f"{self.manifest.model_file}: a test inference failed: {exc}") from None
+
+    # -- the pipeline -----------------------------------------------------------------------
+
+    def detect(self, frame: Frame) -> Detection:
+        tensor = self.preprocess(frame)
+        outputs = self.backend.infer({self.input_name: tensor})
+        return self.postprocess(outputs, frame.width, frame.height)
+
+    def postprocess(self, outputs: dict[str, np.ndarray], width: int, height: int) -> Detection:
+        manifest = self.manifest
+        raw = _scalar(outputs[manifest.outputs.image_score], manifest.outputs.image_score)
+        threshold = manifest.image_threshold
+        is_anomalous = raw >= threshold.threshold
+        normalized = threshold.normalize(raw)
+        confidence = normalized if is_anomalous else 1.0 - normalized
+        confidence = min(1.0, max(MIN_CONFIDENCE, confidence))
+
+        mask = None
+        anomalies: tuple[AnomalyArea, ...] = ()
+        labels = self._labels(outputs, width, height)
+        if labels is not None:
+            mask = paint(labels, self.palette)
+            counts = np.bincount(labels.ravel(), minlength=len(self.class_names))
+            total = float(width * height)
+            anomalies = tuple(
+                AnomalyArea(self.class_names[i], counts[i] / total, self.class_colors[i])
+                for i in range(len(self.class_names))
+                if i == 0 or counts[i] > 0
+            )
+        return Detection(bool(is_anomalous), float(confidence), raw, normalized, mask, anomalies)
+
+    def _labels(self, outputs: dict[str, np.ndarray], width: int, height: int) -> np.ndarray | None:
+        spec = self.manifest.outputs
+        if spec.anomaly_map is not None:
+            amap = _plane(outputs[spec.anomaly_map], spec.anomaly_map, channels_allowed=1)
+            if not np.isfinite(amap).all():
+                raise InferenceError(
+                    f"output {spec.anomaly_map!r} holds NaN or infinite values (an FP16 overflow does this); "
+                    "the agent refuses to report a result. Run the model in FP32 or re-export it."
+                )
+            assert self.manifest.pixel_threshold is not None
+            upscaled = upscale_map(amap, width, height)
+            return (upscaled >= self.manifest.pixel_threshold.threshold).astype(np.uint8)
+        if spec.segmentation is not None:
+            values = outputs[spec.segmentation]
+            n_classes = len(self.class_names)
+            if spec.segmentation_kind == "labels":
+                labels = _plane(values, spec.segmentation, channels_allowed=1)
+                if labels.size and (labels.min() < 0 or labels.max() >= n_classes):
+                    raise InferenceError(
+                        f"output {spec.segmentation!r} holds class {int(labels.max())} but the manifest lists "
+                        f"{n_classes} classes (background and {n_classes - 1} anomaly types)."
+                    )
+                labels = labels.astype(np.uint8)
+            else:
+                scores = _class_scores(values, spec.segmentation, n_classes)
+                labels = np.argmax(scores, axis=0).astype(np.uint8)
+            return upscale_labels(labels, width, height)
+        return None
+
+
+def _check_input_shape(info: TensorInfo, layout: str, width: int, height: int, path: object) -> None:
+    if len(info.shape) != 4:
+        raise ModelLoadError(
+            f"{path}: input {info.name!r} has shape {list(info.shape)}; the agent feeds a 4-D image batch "
+            f"({layout})."
+        )
+    h_dim, w_dim, c_dim = (info.shape[2], info.shape[3], info.shape[1]) if layout == "NCHW" else (
+        info.shape[1], info.shape[2], info.shape[3])
+    for name, dim, want in (("height", h_dim, height), ("width", w_dim, width), ("channels", c_dim, 3)):
+        if isinstance(dim, int) and dim != want:
+            raise ModelLoadError(
+                f"{path}: input {info.name!r} has shape {list(info.shape)} ({layout}), so its {name} is {dim}, "
+                f"but the manifest says {want}. Fix input.width/height/layout in the manifest."
+            )
+    batch = info.shape[0]
+    if isinstance(batch, int) and batch != 1:
+        raise ModelLoadError(f"{path}: input {info.name!r} has a fixed batch of {batch}; export it with batch 1 "
+                             "or a dynamic batch.")
+
+
+def _scalar(value: np.ndarray, name: str) -> float:
+    if value.size != 1:
+        raise InferenceError(
+            f"output {name!r} has shape {list(value.shape)}; an image score must hold one value per image. "
+            "Fix outputs.image_score in the manifest."
+        )
+    result = float(value.reshape(-1)[0])
+    if not math.isfinite(result):
+        raise InferenceError(
+            f"output {name!r} is {result} (an FP16 overflow or a broken model does this); the agent refuses "
+            "to report it as a decision. Run the model in FP32 or re-export it."
+        )
+    return result
+
+
+def _plane(value: np.ndarray, name: str, channels_allowed: int) -> np.ndarray:
+    """Squeezes (1, 1, H, W) / (1, H, W) / (H, W) to (H, W)."""
+    array = value
+    while array.ndim > 2 and array.shape[0] == 1:
+        array = array[0]
+    if array.ndim != 2 or min(array.shape) < 1:
+        raise InferenceError(
+            f"output {name!r} has shape {list(value.shape)}; expected a one-channel map (1, 1, H, W), "
+            "(1, H, W) or (H, W)."
+        )
+    return array
+
+
+def _class_scores(value: np.ndarray, name: str, n_classes: int) -> np.ndarray:
+    array = value[0] if value.ndim == 4 and value.shape[0] == 1 else value
+    if array.ndim != 3 or array.shape[0] != n_classes:
+        raise InferenceError(
+            f"output {name!r} has shape {list(value.shape)}; expected (1, {n_classes}, H, W): one channel for the "
+            f"background and one per anomaly type in the manifest ({n_classes - 1})."
+        )
+    if not np.isfinite(array).all():
+        raise InferenceError(f"output {name!r} holds NaN or infinite values; the agent refuses to report a result.")
+    return array

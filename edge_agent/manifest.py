@@ -1,0 +1,350 @@
+"""The model component manifest: what an ONNX file means and how to serve it.
+
+A model component is a directory named after the component, holding
+``manifest.json`` and the model file it names. The README documents the
+format; this module parses it strictly and says which field is wrong.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+import re
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+from edge_agent.constants import MANIFEST_FILE
+from edge_agent.errors import ManifestError
+
+_HEX_COLOR = re.compile(r"^#[0-9A-Fa-f]{6}$")
+_LAYOUTS = ("NCHW", "NHWC")
+_DTYPES = ("float32", "float16", "uint8")
+_CHANNEL_ORDERS = ("RGB", "BGR")
+_RESIZE_MODES = ("bilinear", "area", "nearest", "bicubic")
+_SEGMENTATION_KINDS = ("scores", "labels")
+BACKGROUND_NAME = "background"
+BACKGROUND_COLOR = "#FFFFFF"
+
+
+@dataclass(frozen=True)
+class InputSpec:
+    """How an RGB frame becomes the model's input tensor."""
+
+    name: str | None
+    width: int
+    height: int
+    layout: str = "NCHW"
+    dtype: str = "float32"
+    channel_order: str = "RGB"
+    scale: float = 1.0 / 255.0
+    mean: tuple[float, float, float] = (0.0, 0.0, 0.0)
+    std: tuple[float, float, float] = (1.0, 1.0, 1.0)
+    resize: str = "bilinear"
+
+
+@dataclass(frozen=True)
+class OutputSpec:
+    """Names of the output tensors the agent reads."""
+
+    image_score: str
+    anomaly_map: str | None = None
+    segmentation: str | None = None
+    segmentation_kind: str = "scores"
+
+
+@dataclass(frozen=True)
+class Threshold:
+    """A decision threshold on a raw output, with optional min-max normalization.
+
+    With ``min``/``max`` (anomalib's convention) the normalized value is
+    ``clip((x - threshold) / (max - min) + 0.5, 0, 1)``; without them the raw
+    value is mapped piecewise-linearly so that ``threshold`` lands on 0.5.
+    """
+
+    threshold: float
+    min: float | None = None
+    max: float | None = None
+
+    def normalize(self, value: float) -> float:
+        """Maps a raw value to [0, 1] with the decision point at 0.5."""
+        if not math.isfinite(value):
+            return value
+        if self.min is not None and self.max is not None:
+            span = self.max - self.min
+            normalized = (value - self.threshold) / span + 0.5
+        elif value >= self.threshold:
+            # Above the threshold: [threshold, max(1, threshold)] -> [0.5, 1].
+            upper = max(1.0, self.threshold + 1e-12)
+            normalized = 0.5 + 0.5 * (value - self.threshold) / (upper - self.threshold)
+        else:
+            lower = min(0.0, self.threshold - 1e-12)
+            normalized = 0.5 * (value - lower) / (self.threshold - lower)
+        return min(1.0, max(0.0, normalized))
+
+
+@dataclass(frozen=True)
+class AnomalyType:
+    name: str
+    color: str  # "#RRGGBB", upper case
+
+
+@dataclass(frozen=True)
+class Manifest:
+    """A parsed, validated component manifest."""
+
+    component_dir: Path
+    model_file: Path
+    input: InputSpec
+    outputs: OutputSpec
+    image_threshold: Threshold
+    pixel_threshold: Threshold | None
+    anomaly_types: tuple[AnomalyType, ...]
+    lookout_vision_model_arn: str = ""
+    description: str = ""
+    memory_bytes: int | None = None
+    extra: dict[str, Any] = field(default_factory=dict)
+
+    @property
+    def manifest_path(self) -> Path:
+        return self.component_dir / MANIFEST_FILE
+
+    @property
+    def is_segmentation(self) -> bool:
+        return self.outputs.anomaly_map is not None or self.outputs.segmentation is not None
+
+
+class _Reader:
+    """Typed access to a JSON object that names the manifest and field on error."""
+
+    def __init__(self, path: Path, data: Any, prefix: str = "") -> None:
+        self.path = path
+        self.prefix = prefix
+        if not isinstance(data, dict):
+            raise self.error(prefix.rstrip(".") or "(top level)", "must be a JSON object", data)
+        self.data: dict[str, Any] = data
+
+    def error(self, key: str, expected: str, value: Any) -> ManifestError:
+        shown = repr(value)
+        if len(shown) > 80:
+            shown = shown[:77] + "..."
+        return ManifestError(
+            f"{self.path}: field {key!r} {expected}, got {shown}. Fix the manifest and call StartModel again."
+        )
+
+    def _get(self, key: str, required: bool) -> Any:
+        if key not in self.data or self.data[key] is None:
+            if required:
+                raise ManifestError(
+                    f"{self.path}: required field {self.prefix + key!r} is missing. "
+                    "Add it to the manifest (see the manifest format in the README)."
+                )
+            return None
+        return self.data[key]
+
+    def str(self, key: str, *, required: bool = False, default: str | None = None,
+            choices: tuple[str, ...] | None = None) -> str | None:
+        value = self._get(key, required)
+        if value is None:
+            return default
+        if not isinstance(value, str):
+            raise self.error(self.prefix + key, "must be a string", value)
+        if choices is not None and value not in choices:
+            raise self.error(self.prefix + key, f"must be one of {', '.join(choices)}", value)
+        return value
+
+    def int(self, key: str, *, required: bool = False, minimum: int = 1) -> int | None:
+        value = self._get(key, required)
+        if value is None:
+            return None
+        if isinstance(value, bool) or not isinstance(value, int) or value < minimum:
+            raise self.error(self.prefix + key, f"must be an integer >= {minimum}", value)
+        return value
+
+    def float(self, key: str, *, required: bool = False, default: float | None = None,
+              positive: bool = False) -> float | None:
+        value = self._get(key, required)
+        if value is None:
+            return default
+        if isinstance(value, bool) or not isinstance(value, (int, float)) or not math.isfinite(value):
+            raise self.error(self.prefix + key, "must be a finite number", value)
+        if positive and value <= 0:
+            raise self.error(self.prefix + key, "must be greater than 0", value)
+        return float(value)
+
+    def triple(self, key: str, default: tuple[float, float, float], *, positive: bool = False
+               ) -> tuple[float, float, float]:
+        value = self._get(key, False)
+        if value is None:
+            return default
+        ok = (isinstance(value, list) and len(value) == 3
+              and all(isinstance(v, (int, float)) and not isinstance(v, bool) and math.isfinite(v)
+                      and (v > 0 or not positive) for v in value))
+        if not ok:
+            kind = "positive numbers" if positive else "numbers"
+            raise self.error(self.prefix + key, f"must be a list of 3 {kind} (R, G, B)", value)
+        return (float(value[0]), float(value[1]), float(value[2]))
+
+    def obj(self, key: str, *, required: bool = False) -> _Reader | None:
+        value = self._get(key, required)
+        if value is None:
+            return None
+        return _Reader(self.path, value, self.prefix + key + ".")
+
+
+def _read_threshold(reader: _Reader | None) -> Threshold | None:
+    if reader is None:
+        return None
+    threshold = reader.float("threshold", required=True)
+    low = reader.float("min")
+    high = reader.float("max")
+    if (low is None) != (high is None):
+        raise ManifestError(
+            f"{reader.path}: {reader.prefix}min and {reader.prefix}max must be given together "
+            "(both for min-max normalization, or neither)."
+        )
+    if low is not None and high is not None and high <= low:
+        raise reader.error(reader.prefix + "max", f"must be greater than min ({low})", high)
+    assert threshold is not None
+    return Threshold(threshold=threshold, min=low, max=high)
+
+
+def _read_anomaly_types(reader: _Reader, path: Path) -> tuple[AnomalyType, ...]:
+    raw = reader.data.get("anomaly_types")
+    if raw is None:
+        return ()
+    if not isinstance(raw, list):
+        raise reader.error("anomaly_types", "must be a list of {\"name\", \"color\"} objects", raw)
+    types: list[AnomalyType] = []
+    for index, item in enumerate(raw):
+        entry = _Reader(path, item, f"anomaly_types[{index}].")
+        name = entry.str("name", required=True)
+        color = entry.str("color", required=True)
+        assert name is not None and color is not None
+        if not name or name == BACKGROUND_NAME:
+            raise entry.error(entry.prefix + "name", f"must be a non-empty name other than {BACKGROUND_NAME!r}",
+                              name)
+        if not _HEX_COLOR.match(color):
+            raise entry.error(entry.prefix + "color", "must be a colour written #RRGGBB", color)
+        if color.upper() == BACKGROUND_COLOR:
+            raise entry.error(entry.prefix + "color",
+                              f"must differ from the background colour {BACKGROUND_COLOR}", color)
+        types.append(AnomalyType(name=name, color=color.upper()))
+    names = [t.name for t in types]
+    if len(set(names)) != len(names):
+        raise reader.error("anomaly_types", "must not name the same anomaly type twice", names)
+    return tuple(types)
+
+
+def parse_manifest(component_dir: Path, data: Any) -> Manifest:
+    """Validates a manifest's JSON content; raises ManifestError naming the field."""
+    path = component_dir / MANIFEST_FILE
+    top = _Reader(path, data)
+    model_name = top.str("model_file", required=True)
+    assert model_name is not None
+    model_file = Path(model_name)
+    if model_file.is_absolute() or ".." in model_file.parts or not model_name.strip():
+        raise top.error("model_file", "must be a file name inside the component directory", model_name)
+
+    inp = top.obj("input", required=True)
+    assert inp is not None
+    width = inp.int("width", required=True)
+    height = inp.int("height", required=True)
+    assert width is not None and height is not None
+    input_spec = InputSpec(
+        name=inp.str("name"),
+        width=width,
+        height=height,
+        layout=inp.str("layout", default="NCHW", choices=_LAYOUTS) or "NCHW",
+        dtype=inp.str("dtype", default="float32", choices=_DTYPES) or "float32",
+        channel_order=inp.str("channel_order", default="RGB", choices=_CHANNEL_ORDERS) or "RGB",
+        scale=inp.float("scale", default=1.0 / 255.0, positive=True) or 1.0 / 255.0,
+        mean=inp.triple("mean", (0.0, 0.0, 0.0)),
+        std=inp.triple("std", (1.0, 1.0, 1.0), positive=True),
+        resize=inp.str("resize", default="bilinear", choices=_RESIZE_MODES) or "bilinear",
+    )
+
+    outs = top.obj("outputs", required=True)
+    assert outs is not None
+    image_score = outs.str("image_score", required=True)
+    assert image_score is not None
+    outputs = OutputSpec(
+        image_score=image_score,
+        anomaly_map=outs.str("anomaly_map"),
+        segmentation=outs.str("segmentation"),
+        segmentation_kind=outs.str("segmentation_kind", default="scores", choices=_SEGMENTATION_KINDS)
+        or "scores",
+    )
+    if outputs.anomaly_map and outputs.segmentation:
+        raise ManifestError(
+            f"{path}: outputs.anomaly_map and outputs.segmentation are both set; a model has one pixel-level "
+            "output. Keep the one the model really produces."
+        )
+
+    decision = top.obj("decision", required=True)
+    assert decision is not None
+    image_threshold = _read_threshold(decision.obj("image", required=True))
+    assert image_threshold is not None
+    pixel_threshold = _read_threshold(decision.obj("pixel"))
+    anomaly_types = _read_anomaly_types(top, path)
+
+    if outputs.anomaly_map:
+        if pixel_threshold is None:
+            raise ManifestError(
+                f"{path}: outputs.anomaly_map is set but decision.pixel is missing. Add "
+                "decision.pixel.threshold: the anomaly-map value from which a pixel is anomalous."
+            )
+        if len(anomaly_types) != 1:
+            raise ManifestError(
+                f"{path}: a one-channel anomaly_map paints one anomaly type, but anomaly_types lists "
+                f"{len(anomaly_types)}. List exactly one, e.g. "
+                '[{"name": "anomaly", "color": "#FF0000"}].'
+            )
+    if outputs.segmentation and not anomaly_types:
+        raise ManifestError(
+            f"{path}: outputs.segmentation is set but anomaly_types is empty. List one type per "
+            "segmentation class after the background (class 0)."
+        )
+
+    arn = top.str("lookout_vision_model_arn", default="") or ""
+    memory_bytes = top.int("memory_bytes", minimum=1)
+    known = {"model_file", "input", "outputs", "decision", "anomaly_types", "lookout_vision_model_arn",
+             "description", "memory_bytes"}
+    return Manifest(
+        component_dir=component_dir,
+        model_file=component_dir / model_file,
+        input=input_spec,
+        outputs=outputs,
+        image_threshold=image_threshold,
+        pixel_threshold=pixel_threshold,
+        anomaly_types=anomaly_types,
+        lookout_vision_model_arn=arn,
+        description=top.str("description", default="") or "",
+        memory_bytes=memory_bytes,
+        extra={k: v for k, v in top.data.items() if k not in known},
+    )
+
+
+def load_manifest(component_dir: Path) -> Manifest:
+    """Reads and validates ``component_dir/manifest.json``.
+
+    Raises:
+        ManifestError: naming the file and the problem.
+    """
+    path = component_dir / MANIFEST_FILE
+    try:
+        text = path.read_text(encoding="utf-8")
+    except FileNotFoundError:
+        raise ManifestError(
+            f"{path}: no manifest. Each model component directory needs a {MANIFEST_FILE} "
+            "(see the manifest format in the README)."
+        ) from None
+    except (OSError, UnicodeDecodeError) as exc:
+        raise ManifestError(f"{path}: cannot read the manifest ({exc}). Check the file and its permissions.") from None
+    try:
+        data = json.loads(text)
+    except json.JSONDecodeError as exc:
+        raise ManifestError(
+            f"{path}: not valid JSON (line {exc.lineno}, column {exc.colno}: {exc.msg}). Fix the file."
+        ) from None
+    return parse_manifest(component_dir, data)

@@ -1,0 +1,420 @@
+"""Model components and their lifecycle: discovery, start, stop, serving.
+
+States follow the wire contract: STOPPED -> STARTING -> RUNNING | FAILED, and
+RUNNING -> STOPPING -> STOPPED. StartModel flips the state to STARTING before it
+returns and loads on a background worker; StopModel drains in-flight requests
+and returns once the model is down. A request holds a lease on the model for
+its whole run, so nothing is unloaded under it.
+"""
+
+from __future__ import annotations
+
+import enum
+import logging
+import os
+import re
+import threading
+import time
+from collections.abc import Callable, Iterator, Sequence
+from concurrent.futures import ThreadPoolExecutor
+from contextlib import contextmanager
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Protocol
+
+from edge_agent.constants import DEFAULT_LOADER_THREADS, MANIFEST_FILE, MAX_COMPONENT_NAME_BYTES, STOP_DRAIN_TIMEOUT_S
+from edge_agent.engines.base import Backend
+from edge_agent.errors import (
+    EdgeAgentError,
+    InvalidArgumentError,
+    ModelNotFoundError,
+    WrongStateError,
+)
+from edge_agent.inference import ModelRunner
+from edge_agent.manifest import Manifest, load_manifest
+
+LOGGER = logging.getLogger(__name__)
+
+# Greengrass component names and directory names alike: letters, digits, '.', '_', '-'.
+_COMPONENT_NAME = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._-]*$")
+
+
+class ModelState(enum.IntEnum):
+    """Model states; the numbers are the wire enum's."""
+
+    STOPPED = 0
+    STARTING = 1
+    RUNNING = 2
+    FAILED = 3
+    STOPPING = 4
+
+
+class BackendProvider(Protocol):
+    """Makes backends for manifests; one per agent (ONNX Runtime, TensorRT...)."""
+
+    kind: str
+
+    def create(self, manifest: Manifest) -> Backend: ...
+
+
+@dataclass(frozen=True)
+class ModelInfo:
+    """A consistent snapshot of one component, for ListModels and DescribeModel."""
+
+    name: str
+    arn: str
+    state: ModelState
+    status_message: str
+
+
+StateListener = Callable[[str, ModelState, str], None]
+
+
+def validate_component_name(name: str, field: str = "model_component") -> str:
+    """Rejects names that cannot be a component directory (never used as a path)."""
+    if not name:
+        raise InvalidArgumentError(f"{field} is empty; pass the name of a deployed model component (see ListModels).")
+    if len(name.encode("utf-8", "surrogateescape")) > MAX_COMPONENT_NAME_BYTES or not _COMPONENT_NAME.match(name):
+        shown = name if len(name) <= 64 else name[:61] + "..."
+        raise InvalidArgumentError(
+            f"{field} {shown!r} is not a valid component name: use at most {MAX_COMPONENT_NAME_BYTES} letters, "
+            "digits, '.', '_' or '-', starting with a letter or digit."
+        )
+    return name
+
+
+class _Entry:
+    """One component. Every field is guarded by ModelManager._lock."""
+
+    def __init__(self, name: str, component_dir: Path) -> None:
+        self.name = name
+        self.component_dir = component_dir
+        self.state = ModelState.STOPPED
+        self.status_message = ""
+        self.arn = ""
+        self.runner: ModelRunner | None = None
+        self.in_flight = 0
+        self.signature: tuple[float, ...] = ()
+        self.present = True
+
+    def info(self) -> ModelInfo:
+        return ModelInfo(self.name, self.arn, self.state, self.status_message)
+
+
+def _signature(component_dir: Path) -> tuple[float, ...]:
+    """Changes when the manifest or the directory listing changes."""
+    values: list[float] = []
+    for path in (component_dir, component_dir / MANIFEST_FILE):
+        try:
+            st = path.stat()
+            values += [st.st_mtime_ns, st.st_size, st.st_ino]
+        except OSError:
+            values += [-1, -1, -1]
+    return tuple(values)
+
+
+class ModelManager:
+    """Owns every model component found under the models directories."""
+
+    def __init__(
+        self,
+        models_dirs: Sequence[Path],
+        provider: BackendProvider,
+        *,
+        loader_threads: int = DEFAULT_LOADER_THREADS,
+        stop_drain_timeout_s: float = STOP_DRAIN_TIMEOUT_S,
+    ) -> None:
+        self.models_dirs = [Path(d) for d in models_dirs]
+        self.provider = provider
+        self._stop_drain_timeout_s = stop_drain_timeout_s
+        # Guards _entries, _closed and every field of every _Entry.
+        self._lock = threading.Lock()
+        # Signalled when an entry's in_flight drops to 0 or a load finishes.
+        self._changed = threading.Condition(self._lock)
+        self._entries: dict[str, _Entry] = {}
+        self._closed = False
+        self._listeners: list[StateListener] = []
+        self._loader = ThreadPoolExecutor(max_workers=loader_threads, thread_name_prefix="model-loader")
+        self.refresh()
+
+    # -- observers ------------------------------------------------------------------------
+
+    def add_listener(self, listener: StateListener) -> None:
+        """Calls ``listener(name, state, message)`` on every state change (not under the lock)."""
+        self._listeners.append(listener)
+        for info in self.list():
+            listener(info.name, info.state, info.status_message)
+
+    def _notify(self, name: str, state: ModelState, message: str) -> None:
+        for listener in self._listeners:
+            try:
+                listener(name, state, message)
+            except Exception:  # an observer must never break the lifecycle
+                LOGGER.exception("state listener failed for %s", name)
+
+    # -- discovery ------------------------------------------------------------------------
+
+    def refresh(self) -> None:
+        """Rescans the models directories: adds new components, drops removed idle ones."""
+        found: dict[str, Path] = {}
+        for models_dir in self.models_dirs:
+            try:
+                children = sorted(os.scandir(models_dir), key=lambda e: e.name)
+            except FileNotFoundError:
+                LOGGER.warning("models directory %s does not exist; create it and add model components", models_dir)
+                continue
+            except OSError as exc:
+                LOGGER.warning("cannot read models directory %s: %s", models_dir, exc.strerror)
+                continue
+            for child in children:
+                if child.name.startswith(".") or not child.is_dir():
+                    continue
+                if not _COMPONENT_NAME.match(child.name) or len(child.name.encode()) > MAX_COMPONENT_NAME_BYTES:
+                    LOGGER.warning("ignoring %s: not a valid component name", child.path)
+                    continue
+                if child.name in found:
+                    LOGGER.warning("component %s in %s is shadowed by the one in %s", child.name, models_dir,
+                                   found[child.name])
+                    continue
+                found[child.name] = Path(child.path)
+
+        events: list[tuple[str, ModelState, str]] = []
+        with self._lock:
+            for name, entry in list(self._entries.items()):
+                if name in found:
+                    continue
+                if entry.state in (ModelState.STOPPED, ModelState.FAILED):
+                    del self._entries[name]
+                    LOGGER.info("model %s: removed (its directory is gone)", name)
+                    events.append((name, ModelState.STOPPED, "removed"))
+                else:
+                    entry.present = False
+            for name, path in found.items():
+                entry = self._entries.get(name)
+                if entry is None:
+                    entry = self._entries[name] = _Entry(name, path)
+                    self._inspect(entry)
+                    LOGGER.info("model %s: discovered in %s (%s)", name, path.parent, entry.state.name)
+                    events.append((name, entry.state, entry.status_message))
+                elif entry.state in (ModelState.STOPPED, ModelState.FAILED) and (
+                    entry.component_dir != path or entry.signature != _signature(path)
+                ):
+                    entry.component_dir = path
+                    entry.present = True
+                    self._inspect(entry)
+                    events.append((name, entry.state, entry.status_message))
+                else:
+                    entry.present = True
+        for event in events:
+            self._notify(*event)
+
+    def _inspect(self, entry: _Entry) -> None:
+        """Validates an idle component's manifest (cheap; the model loads at StartModel)."""
+        entry.signature = _signature(entry.component_dir)
+        try:
+            manifest = load_manifest(entry.component_dir)
+            if not manifest.model_file.is_file():
+                raise EdgeAgentError(
+                    f"{manifest.model_file}: model file not found. Put the model there or fix model_file in "
+                    f"{manifest.manifest_path}."
+                )
+        except EdgeAgentError as exc:
+            entry.state = ModelState.FAILED
+            entry.status_message = str(exc)
+            entry.arn = ""
+            return
+        entry.arn = manifest.lookout_vision_model_arn
+        entry.state = ModelState.STOPPED
+        entry.status_message = ""
+
+    def _get(self, name: str) -> _Entry:
+        """Finds an entry (caller holds the lock)."""
+        entry = self._entries.get(name)
+        if entry is None:
+            raise ModelNotFoundError(name, list(self._entries))
+        return entry
+
+    def _find(self, name: str) -> None:
+        """Rescans once when a valid name is unknown, so newly copied components are found."""
+        validate_component_name(name)
+        with self._lock:
+            if name in self._entries:
+                return
+        self.refresh()
+
+    # -- queries --------------------------------------------------------------------------
+
+    def list(self) -> list[ModelInfo]:
+        self.refresh()
+        with self._lock:
+            return [self._entries[name].info() for name in sorted(self._entries)]
+
+    def describe(self, name: str) -> ModelInfo:
+        self._find(name)
+        with self._lock:
+            return self._get(name).info()
+
+    # -- lifecycle ------------------------------------------------------------------------
+
+    def start(self, name: str) -> ModelState:
+        """Marks the model STARTING and loads it in the background."""
+        self._find(name)
+        with self._lock:
+            entry = self._get(name)
+            if self._closed:
+                raise WrongStateError("The agent is shutting down; start the model after it restarts.")
+            if entry.state not in (ModelState.STOPPED, ModelState.FAILED):
+                raise WrongStateError(
+                    f"Model {name} is {entry.state.name}; StartModel needs it STOPPED or FAILED. "
+                    + _wait_hint(entry.state)
+                )
+            entry.state = ModelState.STARTING
+            entry.status_message = f"Loading with {self.provider.kind}."
+            component_dir = entry.component_dir
+        LOGGER.info("model %s: starting (%s)", name, self.provider.kind)
+        self._notify(name, ModelState.STARTING, "")
+        self._loader.submit(self._load, name, component_dir)
+        return ModelState.STARTING
+
+    def _load(self, name: str, component_dir: Path) -> None:
+        started = time.perf_counter()
+        runner: ModelRunner | None = None
+        try:
+            manifest = load_manifest(component_dir)
+            backend = self.provider.create(manifest)
+            report = backend.load()
+            try:
+                runner = ModelRunner(manifest, backend)
+                runner.warm_up()
+            except BaseException:
+                backend.unload()
+                raise
+            message = (
+                f"Running on {backend.kind} ({report.source}), loaded in {time.perf_counter() - started:.2f} s."
+            )
+            state = ModelState.RUNNING
+        except EdgeAgentError as exc:
+            state, message, manifest = ModelState.FAILED, str(exc), None
+        except Exception as exc:
+            LOGGER.exception("model %s: unexpected error while loading", name)
+            state, message, manifest = ModelState.FAILED, f"Unexpected error while loading: {exc!r}. See the agent log.", None
+
+        with self._lock:
+            entry = self._entries.get(name)
+            closing = self._closed
+            if entry is not None:
+                entry.state = ModelState.STOPPED if (closing and state is ModelState.RUNNING) else state
+                entry.status_message = message if not closing else "Stopped: the agent is shutting down."
+                entry.runner = runner if not closing else None
+                if manifest is not None:
+                    entry.arn = manifest.lookout_vision_model_arn
+                final = entry.state
+            self._changed.notify_all()
+        if runner is not None and (closing or entry is None):
+            runner.backend.unload()
+        if state is ModelState.RUNNING and not closing:
+            LOGGER.info("model %s: running (%s)", name, message)
+        elif state is ModelState.FAILED:
+            LOGGER.error("model %s: failed: %s", name, message)
+        if entry is not None:
+            self._notify(name, final, message)
+
+    def stop(self, name: str) -> ModelState:
+        """Stops a RUNNING model once its in-flight requests have finished."""
+        self._find(name)
+        with self._lock:
+            entry = self._get(name)
+            if entry.state is not ModelState.RUNNING:
+                raise WrongStateError(
+                    f"Model {name} is {entry.state.name}; StopModel needs it RUNNING. " + _wait_hint(entry.state)
+                )
+            entry.state = ModelState.STOPPING
+            entry.status_message = "Stopping: waiting for requests in flight."
+        LOGGER.info("model %s: stopping", name)
+        self._notify(name, ModelState.STOPPING, "")
+        self._drain_and_unload(entry, "Stopped by StopModel.")
+        return ModelState.STOPPED
+
+    def _drain_and_unload(self, entry: _Entry, message: str) -> None:
+        with self._lock:
+            deadline = time.monotonic() + self._stop_drain_timeout_s
+            while entry.in_flight > 0:
+                remaining = deadline - time.monotonic()
+                if remaining <= 0:
+                    LOGGER.error("model %s: %d requests still running after %.0f s; unloading anyway",
+                                 entry.name, entry.in_flight, self._stop_drain_timeout_s)
+                    break
+                self._changed.wait(remaining)
+            runner, entry.runner = entry.runner, None
+        if runner is not None:
+            runner.backend.unload()
+        with self._lock:
+            entry.state = ModelState.STOPPED
+            entry.status_message = message
+            self._changed.notify_all()
+        LOGGER.info("model %s: stopped", entry.name)
+        self._notify(entry.name, ModelState.STOPPED, message)
+
+    @contextmanager
+    def serving(self, name: str) -> Iterator[ModelRunner]:
+        """Leases a RUNNING model for one request; StopModel waits for the lease to end."""
+        validate_component_name(name)
+        with self._lock:
+            entry = self._entries.get(name)
+        if entry is None:
+            self._find(name)
+        with self._lock:
+            entry = self._get(name)
+            if entry.state is not ModelState.RUNNING or entry.runner is None:
+                raise WrongStateError(
+                    f"Model {name} is {entry.state.name}; DetectAnomalies needs it RUNNING. "
+                    + _wait_hint(entry.state)
+                )
+            entry.in_flight += 1
+            runner = entry.runner
+        try:
+            yield runner
+        finally:
+            with self._lock:
+                entry.in_flight -= 1
+                if entry.in_flight == 0:
+                    self._changed.notify_all()
+
+    def close(self, timeout_s: float | None = None) -> None:
+        """Stops every model (draining requests) and the loader; idempotent."""
+        with self._lock:
+            self._closed = True
+            running = []
+            for entry in self._entries.values():
+                if entry.state is ModelState.RUNNING:
+                    entry.state = ModelState.STOPPING
+                    running.append(entry)
+        if timeout_s is not None:
+            self._stop_drain_timeout_s = timeout_s
+        for entry in running:
+            self._notify(entry.name, ModelState.STOPPING, "")
+            self._drain_and_unload(entry, "Stopped: the agent is shutting down.")
+        # Loads in progress see _closed and unload what they loaded.
+        self._loader.shutdown(wait=True, cancel_futures=False)
+
+    def wait_for(self, name: str, states: Sequence[ModelState], timeout_s: float) -> ModelState:
+        """Blocks until the model reaches one of ``states`` (for the CLI and tests)."""
+        deadline = time.monotonic() + timeout_s
+        with self._lock:
+            entry = self._get(name)
+            while entry.state not in states:
+                remaining = deadline - time.monotonic()
+                if remaining <= 0:
+                    break
+                self._changed.wait(remaining)
+            return entry.state
+
+
+def _wait_hint(state: ModelState) -> str:
+    return {
+        ModelState.STARTING: "Poll DescribeModel until it is RUNNING or FAILED.",
+        ModelState.STOPPING: "Poll DescribeModel until it is STOPPED.",
+        ModelState.RUNNING: "It is already running.",
+        ModelState.STOPPED: "Call StartModel and poll DescribeModel until it is RUNNING.",
+        ModelState.FAILED: "Read its status_message in DescribeModel, fix the cause, then call StartModel.",
+    }[state]

@@ -1,0 +1,357 @@
+"""The gRPC server: the EdgeAgent servicer, its factory, and the serve loop.
+
+Domain errors are raised anywhere; ``STATUS_FOR_ERROR`` below is the one place
+where they become gRPC status codes.
+"""
+
+from __future__ import annotations
+
+import errno
+import logging
+import os
+import signal
+import socket
+import threading
+from collections.abc import Callable, Iterator
+from concurrent.futures import ThreadPoolExecutor
+from contextlib import contextmanager
+from dataclasses import dataclass
+from typing import Any
+
+import grpc
+from grpc_health.v1 import health, health_pb2, health_pb2_grpc
+
+import edge_agent_pb2 as pb2
+import edge_agent_pb2_grpc as pb2_grpc
+from edge_agent import shm
+from edge_agent.config import AgentConfig
+from edge_agent.constants import MAX_MESSAGE_BYTES, RGB_BYTES_PER_PIXEL
+from edge_agent.errors import (
+    BackendUnavailableError,
+    EdgeAgentError,
+    InferenceError,
+    InvalidArgumentError,
+    ModelLoadError,
+    ModelNotFoundError,
+    ResourceExhaustedError,
+    WrongStateError,
+)
+from edge_agent.imaging import Frame, frame_from_bytes, frame_from_segment
+from edge_agent.inference import Detection
+from edge_agent.models import ModelManager, ModelState, validate_component_name
+
+LOGGER = logging.getLogger(__name__)
+
+# The one mapping from domain errors to gRPC status codes (most specific first).
+STATUS_FOR_ERROR: tuple[tuple[type[EdgeAgentError], grpc.StatusCode], ...] = (
+    (InvalidArgumentError, grpc.StatusCode.INVALID_ARGUMENT),
+    (ModelNotFoundError, grpc.StatusCode.NOT_FOUND),
+    (WrongStateError, grpc.StatusCode.FAILED_PRECONDITION),
+    (ResourceExhaustedError, grpc.StatusCode.RESOURCE_EXHAUSTED),
+    (InferenceError, grpc.StatusCode.INTERNAL),
+    (ModelLoadError, grpc.StatusCode.INTERNAL),
+    (BackendUnavailableError, grpc.StatusCode.INTERNAL),
+    (EdgeAgentError, grpc.StatusCode.INTERNAL),
+)
+
+
+def status_for(error: EdgeAgentError) -> grpc.StatusCode:
+    for error_type, code in STATUS_FOR_ERROR:
+        if isinstance(error, error_type):
+            return code
+    return grpc.StatusCode.INTERNAL
+
+
+# Called after every RPC with (rpc name, status code); metrics hook in here.
+RpcObserver = Callable[[str, grpc.StatusCode], None]
+
+
+class EdgeAgentServicer(pb2_grpc.EdgeAgentServicer):
+    """Implements the five RPCs of the wire contract over a ModelManager."""
+
+    def __init__(self, manager: ModelManager, observers: list[RpcObserver] | None = None) -> None:
+        self.manager = manager
+        self.observers = list(observers or [])
+
+    @contextmanager
+    def _rpc(self, name: str, context: grpc.ServicerContext) -> Iterator[None]:
+        code = grpc.StatusCode.OK
+        message = ""
+        try:
+            yield
+        except EdgeAgentError as exc:
+            code, message = status_for(exc), str(exc)
+            LOGGER.debug("%s -> %s: %s", name, code.name, message)
+        except Exception as exc:
+            LOGGER.exception("%s: unexpected error", name)
+            code = grpc.StatusCode.INTERNAL
+            message = f"Internal error in {name}: {type(exc).__name__}: {exc}. See the agent log; retry the call."
+        for observer in self.observers:
+            try:
+                observer(name, code)
+            except Exception:
+                LOGGER.exception("RPC observer failed")
+        if code is not grpc.StatusCode.OK:
+            context.abort(code, message)
+
+    # -- lifecycle RPCs -------------------------------------------------------------------
+
+    def StartModel(self, request: pb2.StartModelRequest, context: grpc.ServicerContext) -> pb2.StartModelResponse:
+        with self._rpc("StartModel", context):
+            state = self.manager.start(request.model_component)
+            return pb2.StartModelResponse(status=int(state))
+        raise AssertionError("unreachable")  # context.abort raised
+
+    def StopModel(self, request: pb2.StopModelRequest, context: grpc.ServicerContext) -> pb2.StopModelResponse:
+        with self._rpc("StopModel", context):
+            state = self.manager.stop(request.model_component)
+            return pb2.StopModelResponse(status=int(state))
+        raise AssertionError("unreachable")
+
+    def ListModels(self, request: pb2.ListModelsRequest, context: grpc.ServicerContext) -> pb2.ListModelsResponse:
+        with self._rpc("ListModels", context):
+            models = [
+                pb2.ModelMetadata(model_component=info.name, lookout_vision_model_arn=info.arn,
+                                  status=int(info.state), status_message=info.status_message)
+                for info in self.manager.list()
+            ]
+            return pb2.ListModelsResponse(models=models)
+        raise AssertionError("unreachable")
+
+    def DescribeModel(
+        self, request: pb2.DescribeModelRequest, context: grpc.ServicerContext
+    ) -> pb2.DescribeModelResponse:
+        with self._rpc("DescribeModel", context):
+            info = self.manager.describe(request.model_component)
+            return pb2.DescribeModelResponse(model_description=pb2.ModelDescription(
+                model_component=info.name, lookout_vision_model_arn=info.arn,
+                status=int(info.state), status_message=info.status_message))
+        raise AssertionError("unreachable")
+
+    # -- inference ------------------------------------------------------------------------
+
+    def DetectAnomalies(
+        self, request: pb2.DetectAnomaliesRequest, context: grpc.ServicerContext
+    ) -> pb2.DetectAnomaliesResponse:
+        with self._rpc("DetectAnomalies", context):
+            name = validate_component_name(request.model_component)
+            mask_segment = _mask_segment(request)
+            with self.manager.serving(name) as runner:
+                frame = _frame(request)
+                detection = runner.detect(frame)
+            return pb2.DetectAnomaliesResponse(
+                detect_anomaly_result=_result(detection, frame, mask_segment)
+            )
+        raise AssertionError("unreachable")
+
+
+def _frame(request: pb2.DetectAnomaliesRequest) -> Frame:
+    if not request.HasField("bitmap"):
+        raise InvalidArgumentError("bitmap is missing; send the image as bitmap.byte_data or "
+                                   "bitmap.shared_memory_handle.")
+    bitmap = request.bitmap
+    which = bitmap.WhichOneof("data")
+    if which == "byte_data":
+        return frame_from_bytes(bitmap.width, bitmap.height, bitmap.byte_data)
+    if which == "shared_memory_handle":
+        handle = bitmap.shared_memory_handle
+        field = "bitmap.shared_memory_handle"
+        from edge_agent.imaging import check_size
+
+        check_size(bitmap.width, bitmap.height)
+        segment = shm.check_range(handle.name, handle.offset, handle.size, field)
+        return frame_from_segment(bitmap.width, bitmap.height, shm.read(segment, field), field)
+    raise InvalidArgumentError(
+        "bitmap carries no image: set bitmap.byte_data (packed RGB888) or bitmap.shared_memory_handle."
+    )
+
+
+@dataclass(frozen=True)
+class _MaskTarget:
+    segment: shm.SegmentRange
+    handle: pb2.SharedMemoryHandle
+    field: str
+
+
+def _mask_segment(request: pb2.DetectAnomaliesRequest) -> _MaskTarget | None:
+    """The client's mask segment, from field 2 or (as some published protos number it) field 3."""
+    if not request.HasField("anomaly_mask_params"):
+        return None
+    params = request.anomaly_mask_params
+    for field_name in ("shared_memory_handle", "shared_memory_handle_field3"):
+        if params.HasField(field_name):
+            handle = getattr(params, field_name)
+            field = f"anomaly_mask_params.{'shared_memory_handle'}"
+            segment = shm.check_range(handle.name, handle.offset, handle.size, field)
+            return _MaskTarget(segment, handle, field)
+    return None
+
+
+def _result(detection: Detection, frame: Frame, target: _MaskTarget | None) -> pb2.DetectAnomalyResult:
+    result = pb2.DetectAnomalyResult(is_anomalous=detection.is_anomalous, confidence=detection.confidence)
+    if detection.mask is None:
+        return result
+    for area in detection.anomalies:
+        result.anomalies.append(pb2.Anomaly(
+            name=area.name, pixel_anomaly=pb2.PixelAnomaly(total_percentage_area=area.fraction,
+                                                           hex_color=area.color)))
+    mask = result.anomaly_mask
+    mask.width, mask.height = frame.width, frame.height
+    if target is None:
+        mask.byte_data = detection.mask.tobytes()
+    else:
+        needed = frame.width * frame.height * RGB_BYTES_PER_PIXEL
+        if target.segment.size < needed:
+            raise InvalidArgumentError(
+                f"{target.field}.size is {target.segment.size} bytes but the mask needs {needed} "
+                f"({frame.width}x{frame.height}x3). Pass a segment and size of at least {needed} bytes."
+            )
+        shm.write(target.segment, detection.mask, target.field)
+        mask.shared_memory_handle.CopyFrom(target.handle)
+    return result
+
+
+# -- server factory and serve loop ---------------------------------------------------------
+
+
+@dataclass
+class AgentServer:
+    """A created (not yet started) server and the parts tests reach into."""
+
+    server: grpc.Server
+    servicer: EdgeAgentServicer
+    health: health.HealthServicer
+    manager: ModelManager
+    addresses: list[str]
+
+    def start(self) -> None:
+        self.server.start()
+        self.health.set("", health_pb2.HealthCheckResponse.SERVING)
+
+    def stop(self, grace_s: float | None = None) -> None:
+        """Stops taking work, lets in-flight calls finish within the grace, then stops models."""
+        self.health.enter_graceful_shutdown()
+        self.server.stop(grace_s).wait()
+        self.manager.close()
+
+
+def create_server(
+    manager: ModelManager,
+    addresses: list[str],
+    *,
+    worker_threads: int,
+    max_concurrent_rpcs: int,
+    observers: list[RpcObserver] | None = None,
+) -> AgentServer:
+    """Builds the gRPC server bound to ``addresses`` (``unix:PATH`` or ``HOST:PORT``), not started.
+
+    Raises:
+        OSError: when an address cannot be bound.
+    """
+    options = [
+        ("grpc.max_receive_message_length", MAX_MESSAGE_BYTES),
+        ("grpc.max_send_message_length", MAX_MESSAGE_BYTES),
+        ("grpc.so_reuseport", 0),
+    ]
+    server = grpc.server(
+        ThreadPoolExecutor(max_workers=worker_threads, thread_name_prefix="rpc"),
+        options=options,
+        maximum_concurrent_rpcs=max_concurrent_rpcs,
+    )
+    servicer = EdgeAgentServicer(manager, observers)
+    pb2_grpc.add_EdgeAgentServicer_to_server(servicer, server)
+    health_servicer = health.HealthServicer(experimental_non_blocking=True)
+    health_pb2_grpc.add_HealthServicer_to_server(health_servicer, server)
+
+    def on_state(name: str, state: ModelState, _message: str) -> None:
+        status = (health_pb2.HealthCheckResponse.SERVING if state is ModelState.RUNNING
+                  else health_pb2.HealthCheckResponse.NOT_SERVING)
+        health_servicer.set(name, status)
+
+    manager.add_listener(on_state)
+    for address in addresses:
+        try:
+            port = server.add_insecure_port(address)
+        except RuntimeError as exc:
+            raise OSError(f"cannot listen on {address}: {exc}") from None
+        if port == 0:
+            raise OSError(f"cannot listen on {address}")
+    return AgentServer(server, servicer, health_servicer, manager, list(addresses))
+
+
+def prepare_socket_path(path: str) -> None:
+    """Removes a stale socket left by a killed agent; refuses to steal a live one.
+
+    Raises:
+        OSError: with a message saying what to do.
+    """
+    encoded = os.fsencode(path)
+    if len(encoded) >= 108:  # sizeof(sockaddr_un.sun_path) on Linux, with its terminating NUL
+        raise OSError(f"socket path {path!r} is {len(encoded)} bytes; unix socket paths must be under 108 bytes. "
+                      "Choose a shorter --socket path.")
+    directory = os.path.dirname(os.path.abspath(path))
+    if not os.path.isdir(directory):
+        raise OSError(f"cannot create socket {path}: directory {directory} does not exist. Create it first.")
+    if not os.access(directory, os.W_OK | os.X_OK):
+        raise OSError(f"cannot create socket {path}: no write permission on {directory}.")
+    if not os.path.lexists(path):
+        return
+    probe = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
+    probe.settimeout(1.0)
+    try:
+        probe.connect(path)
+    except (ConnectionRefusedError, FileNotFoundError):
+        LOGGER.info("removing stale socket %s left by an agent that is no longer running", path)
+        os.unlink(path)
+        return
+    except OSError as exc:
+        if exc.errno == errno.ENOTSOCK or exc.errno == errno.ECONNREFUSED:
+            raise OSError(f"{path} exists and is not a socket; remove it or choose another --socket path.") from None
+        raise OSError(f"cannot check the existing socket {path}: {exc.strerror}") from None
+    finally:
+        probe.close()
+    raise OSError(
+        f"another agent is already listening on {path}. Stop it first, or start this one with another --socket."
+    )
+
+
+def run(config: AgentConfig, manager: ModelManager, *, ready: threading.Event | None = None) -> int:
+    """Serves until SIGTERM/SIGINT; returns the process exit code."""
+    socket_path = config.socket_path
+    prepare_socket_path(socket_path)
+    addresses = [f"unix:{socket_path}"]
+    if config.tcp_address:
+        addresses.append(config.tcp_address)
+    agent = create_server(manager, addresses, worker_threads=config.worker_threads,
+                          max_concurrent_rpcs=config.max_concurrent_rpcs)
+    agent.start()
+    try:
+        os.chmod(socket_path, config.socket_mode)
+    except OSError as exc:
+        LOGGER.warning("cannot set permissions on %s: %s", socket_path, exc.strerror)
+    LOGGER.info("listening on %s", ", ".join(addresses))
+
+    stop_requested = threading.Event()
+
+    def on_signal(signum: int, _frame: Any) -> None:
+        if stop_requested.is_set():
+            LOGGER.warning("second signal: exiting now")
+            os._exit(1)
+        LOGGER.info("received %s: shutting down (grace %.0f s)", signal.Signals(signum).name, config.shutdown_grace_s)
+        stop_requested.set()
+
+    previous = {sig: signal.signal(sig, on_signal) for sig in (signal.SIGTERM, signal.SIGINT)}
+    if ready is not None:
+        ready.set()
+    try:
+        stop_requested.wait()
+    finally:
+        for sig, handler in previous.items():
+            signal.signal(sig, handler)
+        agent.stop(config.shutdown_grace_s)
+        try:
+            os.unlink(socket_path)
+        except FileNotFoundError:
+            pass
+        LOGGER.info("stopped")
+    return 0

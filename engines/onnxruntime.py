@@ -1,0 +1,90 @@
+"""ONNX Runtime on the CPU: the backend for machines without a usable GPU."""
+
+from __future__ import annotations
+
+import logging
+import os
+from collections.abc import Mapping
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import onnxruntime as ort
+
+from edge_agent.engines.base import Backend, LoadReport, TensorInfo
+from edge_agent.errors import ModelLoadError
+
+LOGGER = logging.getLogger(__name__)
+
+# ONNX Runtime's element type names -> numpy.
+_ORT_TYPES: dict[str, Any] = {
+    "tensor(float)": np.float32,
+    "tensor(float16)": np.float16,
+    "tensor(double)": np.float64,
+    "tensor(uint8)": np.uint8,
+    "tensor(int8)": np.int8,
+    "tensor(int32)": np.int32,
+    "tensor(int64)": np.int64,
+    "tensor(bool)": np.bool_,
+}
+
+
+class OnnxRuntimeBackend(Backend):
+    """Runs an ONNX file with ONNX Runtime's CPU execution provider."""
+
+    kind = "onnxruntime"
+
+    def __init__(self, model_path: Path, *, label: str | None = None, intra_op_threads: int = 0) -> None:
+        super().__init__(model_path, label=label)
+        self._intra_op_threads = intra_op_threads
+        self._session: ort.InferenceSession | None = None
+
+    def _load_impl(self) -> LoadReport:
+        options = ort.SessionOptions()
+        options.graph_optimization_level = ort.GraphOptimizationLevel.ORT_ENABLE_ALL
+        options.intra_op_num_threads = self._intra_op_threads
+        options.log_severity_level = 3  # errors only: the agent reports load problems itself
+        try:
+            self._session = ort.InferenceSession(
+                str(self.model_path), sess_options=options, providers=["CPUExecutionProvider"]
+            )
+        except Exception as exc:  # ORT raises several unrelated types for a bad file
+            raise ModelLoadError(
+                f"{self.model_path}: ONNX Runtime cannot load this model ({_first_line(exc)}). "
+                "Check that it is a complete ONNX file (re-export or copy it again)."
+            ) from None
+        return LoadReport(source="onnxruntime", memory_bytes=os.path.getsize(self.model_path))
+
+    def _describe_io(self) -> tuple[tuple[TensorInfo, ...], tuple[TensorInfo, ...]]:
+        assert self._session is not None
+        return (
+            tuple(_info(arg, self.model_path) for arg in self._session.get_inputs()),
+            tuple(_info(arg, self.model_path) for arg in self._session.get_outputs()),
+        )
+
+    def _infer_impl(self, feeds: Mapping[str, np.ndarray]) -> dict[str, np.ndarray]:
+        session = self._session
+        assert session is not None
+        names = [t.name for t in self._outputs]
+        values = session.run(names, dict(feeds))
+        return dict(zip(names, values, strict=True))
+
+    def _unload_impl(self) -> None:
+        # Requests still holding the session keep it alive until they finish.
+        self._session = None
+
+
+def _info(arg: Any, path: Path) -> TensorInfo:
+    dtype = _ORT_TYPES.get(arg.type)
+    if dtype is None:
+        raise ModelLoadError(
+            f"{path}: tensor {arg.name!r} has element type {arg.type}, which the agent does not handle. "
+            "Export the model with float32, float16 or uint8 inputs and outputs."
+        )
+    shape = tuple(d if isinstance(d, int) else (d or None) for d in arg.shape)
+    return TensorInfo(name=arg.name, shape=shape, dtype=np.dtype(dtype))
+
+
+def _first_line(exc: BaseException) -> str:
+    text = str(exc).strip().splitlines()
+    return text[0][:300] if text else type(exc).__name__
