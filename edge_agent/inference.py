@@ -140,7 +140,7 @@ class ModelRunner:
     def _labels(self, outputs: dict[str, np.ndarray], width: int, height: int) -> np.ndarray | None:
         spec = self.manifest.outputs
         if spec.anomaly_map is not None:
-            amap = _plane(outputs[spec.anomaly_map], spec.anomaly_map, channels_allowed=1)
+            amap = _plane(outputs[spec.anomaly_map], spec.anomaly_map)
             if not np.isfinite(amap).all():
                 raise InferenceError(
                     f"output {spec.anomaly_map!r} holds NaN or infinite values (an FP16 overflow does this); "
@@ -153,7 +153,7 @@ class ModelRunner:
             values = outputs[spec.segmentation]
             n_classes = len(self.class_names)
             if spec.segmentation_kind == "labels":
-                labels = _plane(values, spec.segmentation, channels_allowed=1)
+                labels = _plane(values, spec.segmentation)
                 if labels.size and (labels.min() < 0 or labels.max() >= n_classes):
                     raise InferenceError(
                         f"output {spec.segmentation!r} holds class {int(labels.max())} but the manifest lists "
@@ -196,13 +196,13 @@ def _scalar(value: np.ndarray, name: str) -> float:
     result = float(value.reshape(-1)[0])
     if not math.isfinite(result):
         raise InferenceError(
-            f"output {name!r} is {result} (an FP16 overflow or a broken model does this); the agent refuses "
-            "to report it as a decision. Run the model in FP32 or re-export it."
+            f"output {name!r} is {result} (NaN or infinite: an FP16 overflow or a broken model does this); "
+            "the agent refuses to report it as a decision. Run the model in FP32 or re-export it."
         )
     return result
 
 
-def _plane(value: np.ndarray, name: str, channels_allowed: int) -> np.ndarray:
+def _plane(value: np.ndarray, name: str) -> np.ndarray:
     """Squeezes (1, 1, H, W) / (1, H, W) / (H, W) to (H, W)."""
     array = value
     while array.ndim > 2 and array.shape[0] == 1:

@@ -117,3 +117,20 @@ def with_patch(frame: np.ndarray, x: int, y: int, w: int, h: int, rgb: tuple[int
     out = frame.copy()
     out[y:y + h, x:x + w] = rgb
     return out
+
+
+def nan_model(path: Path, size: int = 64) -> Path:
+    """anomaly_map = sqrt(0.5 - redness): finite on grey, NaN where the frame is strongly red."""
+    weight = numpy_helper.from_array(REDNESS.reshape(1, 3, 1, 1), "w")
+    half = numpy_helper.from_array(np.array(0.5, dtype=np.float32), "half")
+    nodes = [
+        helper.make_node("Conv", ["image", "w"], ["redness"]),
+        helper.make_node("Sub", ["half", "redness"], ["slack"]),
+        helper.make_node("Sqrt", ["slack"], ["anomaly_map"]),
+        helper.make_node("ReduceSum", ["anomaly_map", "axes"], ["score"], keepdims=0),
+    ]
+    axes = numpy_helper.from_array(np.array([1, 2, 3], dtype=np.int64), "axes")
+    outputs = [helper.make_tensor_value_info("score", TensorProto.FLOAT, ["batch"]),
+               helper.make_tensor_value_info("anomaly_map", TensorProto.FLOAT, ["batch", 1, size, size])]
+    graph = helper.make_graph(nodes, "nan", [_image_input(size)], outputs, initializer=[weight, half, axes])
+    return _save(graph, path)
