@@ -67,7 +67,7 @@ class ModelInfo:
     status_message: str
 
 
-StateListener = Callable[[str, ModelState, str], None]
+StateListener = Callable[[str, "ModelState | None", str], None]
 
 
 def validate_component_name(name: str, field: str = "model_component") -> str:
@@ -134,23 +134,34 @@ class ModelManager:
         self._entries: dict[str, _Entry] = {}
         self._closed = False
         self._listeners: list[StateListener] = []
+        # Serializes listener deliveries (taken before _lock, never inside it).
+        self._notify_lock = threading.RLock()
         self._loader = ThreadPoolExecutor(max_workers=loader_threads, thread_name_prefix="model-loader")
         self.refresh()
 
     # -- observers ------------------------------------------------------------------------
 
     def add_listener(self, listener: StateListener) -> None:
-        """Calls ``listener(name, state, message)`` on every state change (not under the lock)."""
-        self._listeners.append(listener)
-        for info in self.list():
-            listener(info.name, info.state, info.status_message)
+        """Calls ``listener(name, state, message)`` after state changes; ``state`` is None once removed.
 
-    def _notify(self, name: str, state: ModelState, message: str) -> None:
-        for listener in self._listeners:
-            try:
-                listener(name, state, message)
-            except Exception:  # an observer must never break the lifecycle
-                LOGGER.exception("state listener failed for %s", name)
+        Deliveries are serialized and always carry the component's current state, so a
+        listener converges on the truth even when transitions race (it may skip some).
+        """
+        with self._notify_lock:
+            self._listeners.append(listener)
+            for info in self.list():
+                listener(info.name, info.state, info.status_message)
+
+    def _publish(self, name: str) -> None:
+        with self._notify_lock:
+            with self._lock:
+                entry = self._entries.get(name)
+                state, message = (entry.state, entry.status_message) if entry else (None, "")
+            for listener in self._listeners:
+                try:
+                    listener(name, state, message)
+                except Exception:  # an observer must never break the lifecycle
+                    LOGGER.exception("state listener failed for %s", name)
 
     # -- discovery ------------------------------------------------------------------------
 
@@ -178,7 +189,7 @@ class ModelManager:
                     continue
                 found[child.name] = Path(child.path)
 
-        events: list[tuple[str, ModelState, str]] = []
+        events: list[str] = []
         with self._lock:
             for name, entry in list(self._entries.items()):
                 if name in found:
@@ -186,7 +197,7 @@ class ModelManager:
                 if entry.state in (ModelState.STOPPED, ModelState.FAILED):
                     del self._entries[name]
                     LOGGER.info("model %s: removed (its directory is gone)", name)
-                    events.append((name, ModelState.STOPPED, "removed"))
+                    events.append(name)
                 else:
                     entry.present = False
             for name, path in found.items():
@@ -195,18 +206,18 @@ class ModelManager:
                     entry = self._entries[name] = _Entry(name, path)
                     self._inspect(entry)
                     LOGGER.info("model %s: discovered in %s (%s)", name, path.parent, entry.state.name)
-                    events.append((name, entry.state, entry.status_message))
+                    events.append(name)
                 elif entry.state in (ModelState.STOPPED, ModelState.FAILED) and (
                     entry.component_dir != path or entry.signature != _signature(path)
                 ):
                     entry.component_dir = path
                     entry.present = True
                     self._inspect(entry)
-                    events.append((name, entry.state, entry.status_message))
+                    events.append(name)
                 else:
                     entry.present = True
-        for event in events:
-            self._notify(*event)
+        for name in events:
+            self._publish(name)
 
     def _inspect(self, entry: _Entry) -> None:
         """Validates an idle component's manifest (cheap; the model loads at StartModel)."""
@@ -272,7 +283,7 @@ class ModelManager:
             entry.status_message = f"Loading with {self.provider.kind}."
             component_dir = entry.component_dir
         LOGGER.info("model %s: starting (%s)", name, self.provider.kind)
-        self._notify(name, ModelState.STARTING, "")
+        self._publish(name)
         self._loader.submit(self._load, name, component_dir)
         return ModelState.STARTING
 
@@ -308,7 +319,6 @@ class ModelManager:
                 entry.runner = runner if not closing else None
                 if manifest is not None:
                     entry.arn = manifest.lookout_vision_model_arn
-                final = entry.state
             self._changed.notify_all()
         if runner is not None and (closing or entry is None):
             runner.backend.unload()
@@ -317,7 +327,7 @@ class ModelManager:
         elif state is ModelState.FAILED:
             LOGGER.error("model %s: failed: %s", name, message)
         if entry is not None:
-            self._notify(name, final, message)
+            self._publish(name)
 
     def stop(self, name: str) -> ModelState:
         """Stops a RUNNING model once its in-flight requests have finished."""
@@ -331,7 +341,7 @@ class ModelManager:
             entry.state = ModelState.STOPPING
             entry.status_message = "Stopping: waiting for requests in flight."
         LOGGER.info("model %s: stopping", name)
-        self._notify(name, ModelState.STOPPING, "")
+        self._publish(name)
         self._drain_and_unload(entry, "Stopped by StopModel.")
         return ModelState.STOPPED
 
@@ -353,7 +363,7 @@ class ModelManager:
             entry.status_message = message
             self._changed.notify_all()
         LOGGER.info("model %s: stopped", entry.name)
-        self._notify(entry.name, ModelState.STOPPED, message)
+        self._publish(entry.name)
 
     @contextmanager
     def serving(self, name: str) -> Iterator[ModelRunner]:
@@ -392,7 +402,7 @@ class ModelManager:
         if timeout_s is not None:
             self._stop_drain_timeout_s = timeout_s
         for entry in running:
-            self._notify(entry.name, ModelState.STOPPING, "")
+            self._publish(entry.name)
             self._drain_and_unload(entry, "Stopped: the agent is shutting down.")
         # Loads in progress see _closed and unload what they loaded.
         self._loader.shutdown(wait=True, cancel_futures=False)

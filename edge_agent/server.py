@@ -263,9 +263,13 @@ def create_server(
     health_servicer = health.HealthServicer(experimental_non_blocking=True)
     health_pb2_grpc.add_HealthServicer_to_server(health_servicer, server)
 
-    def on_state(name: str, state: ModelState, _message: str) -> None:
-        status = (health_pb2.HealthCheckResponse.SERVING if state is ModelState.RUNNING
-                  else health_pb2.HealthCheckResponse.NOT_SERVING)
+    def on_state(name: str, state: ModelState | None, _message: str) -> None:
+        if state is None:  # removed from the models directory
+            status = health_pb2.HealthCheckResponse.SERVICE_UNKNOWN
+        elif state is ModelState.RUNNING:
+            status = health_pb2.HealthCheckResponse.SERVING
+        else:
+            status = health_pb2.HealthCheckResponse.NOT_SERVING
         health_servicer.set(name, status)
 
     manager.add_listener(on_state)
