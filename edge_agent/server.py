@@ -6,11 +6,11 @@ where they become gRPC status codes.
 
 from __future__ import annotations
 
-import errno
 import logging
 import os
 import signal
 import socket
+import stat
 import threading
 from collections.abc import Callable, Iterator
 from concurrent.futures import ThreadPoolExecutor
@@ -298,8 +298,12 @@ def prepare_socket_path(path: str) -> None:
         raise OSError(f"cannot create socket {path}: directory {directory} does not exist. Create it first.")
     if not os.access(directory, os.W_OK | os.X_OK):
         raise OSError(f"cannot create socket {path}: no write permission on {directory}.")
-    if not os.path.lexists(path):
+    try:
+        mode = os.lstat(path).st_mode
+    except FileNotFoundError:
         return
+    if not stat.S_ISSOCK(mode):
+        raise OSError(f"{path} exists and is not a socket; remove it or choose another --socket path.")
     probe = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
     probe.settimeout(1.0)
     try:
@@ -309,8 +313,6 @@ def prepare_socket_path(path: str) -> None:
         os.unlink(path)
         return
     except OSError as exc:
-        if exc.errno == errno.ENOTSOCK or exc.errno == errno.ECONNREFUSED:
-            raise OSError(f"{path} exists and is not a socket; remove it or choose another --socket path.") from None
         raise OSError(f"cannot check the existing socket {path}: {exc.strerror}") from None
     finally:
         probe.close()

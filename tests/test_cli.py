@@ -1,0 +1,186 @@
+"""The edge-agent command: client subcommands in process, and `serve` as a real process."""
+
+from __future__ import annotations
+
+import json
+import os
+import signal
+import socket
+import subprocess
+import sys
+import time
+from collections.abc import Iterator
+from pathlib import Path
+
+import grpc
+import numpy as np
+import pytest
+from PIL import Image
+
+import edge_agent_pb2 as pb2
+import edge_agent_pb2_grpc as pb2_grpc
+from edge_agent.cli import main
+from edge_agent.server import prepare_socket_path
+from tests import model_factory
+from tests.conftest import RunningAgent
+
+
+def write_png(path: Path, image: np.ndarray) -> Path:
+    Image.fromarray(image).save(path)
+    return path
+
+
+def run_cli(capsys: pytest.CaptureFixture[str], *args: str) -> tuple[int, str, str]:
+    code = main(list(args))
+    captured = capsys.readouterr()
+    return code, captured.out, captured.err
+
+
+def test_cli_lists_starts_detects_and_stops_when_agent_running(
+    running_agent: RunningAgent, tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    address = running_agent.address
+    code, out, _ = run_cli(capsys, "list", "--address", address)
+    assert code == 0 and "redness-seg" in out and "STOPPED" in out
+
+    code, out, _ = run_cli(capsys, "start", "redness-seg", "--wait", "--address", address)
+    assert code == 0 and "RUNNING" in out
+
+    image = model_factory.with_patch(model_factory.grey_frame(128, 96), 16, 16, 32, 24, (255, 0, 0))
+    image_path = write_png(tmp_path / "frame.png", image)
+    mask_path = tmp_path / "mask.png"
+    code, out, _ = run_cli(capsys, "detect", "redness-seg", str(image_path), "--mask-out", str(mask_path),
+                           "--address", address)
+    assert code == 0 and "ANOMALOUS" in out and "redness" in out
+    mask = np.asarray(Image.open(mask_path))
+    assert mask.shape == (96, 128, 3)
+    assert tuple(mask[30, 30]) == (255, 0, 0) and tuple(mask[80, 100]) == (255, 255, 255)
+
+    code, out, _ = run_cli(capsys, "detect", "redness-seg", str(image_path), "--shared-memory", "--json",
+                           "--address", address)
+    assert code == 0
+    [result] = json.loads(out)
+    assert result["is_anomalous"] is True
+    assert [a["name"] for a in result["anomalies"]] == ["background", "redness"]
+
+    code, out, _ = run_cli(capsys, "describe", "redness-seg", "--json", "--address", address)
+    assert json.loads(out)["status"] == "RUNNING"
+
+    code, out, _ = run_cli(capsys, "stop", "redness-seg", "--address", address)
+    assert code == 0 and "STOPPED" in out
+
+
+def test_cli_prints_status_code_and_details_when_call_fails(
+    running_agent: RunningAgent, capsys: pytest.CaptureFixture[str]
+) -> None:
+    code, _, err = run_cli(capsys, "stop", "redness-seg", "--address", running_agent.address)
+    assert code == 1
+    assert "FAILED_PRECONDITION" in err and "StopModel needs it RUNNING" in err
+
+
+def test_cli_says_agent_not_running_when_socket_absent(short_tmp: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    code, _, err = run_cli(capsys, "list", "--address", f"unix://{short_tmp}/none.sock", "--timeout", "2")
+    assert code == 1
+    assert "UNAVAILABLE" in err or "DEADLINE_EXCEEDED" in err
+
+
+# -- serve as a real process ----------------------------------------------------------------------
+
+
+def spawn_serve(socket_path: Path, models_dir: Path, *extra: str) -> subprocess.Popen[str]:
+    return subprocess.Popen(
+        [sys.executable, "-m", "edge_agent.cli", "serve", "--socket", str(socket_path),
+         "--models-dir", str(models_dir), *extra],
+        stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
+    )
+
+
+def wait_ready(socket_path: Path, timeout_s: float = 30.0) -> grpc.Channel:
+    channel = grpc.insecure_channel(f"unix://{socket_path}")
+    grpc.channel_ready_future(channel).result(timeout=timeout_s)
+    return channel
+
+
+@pytest.fixture
+def serve_process(models_dir: Path, short_tmp: Path) -> Iterator[tuple[subprocess.Popen[str], Path]]:
+    socket_path = short_tmp / "agent.sock"
+    process = spawn_serve(socket_path, models_dir)
+    try:
+        yield process, socket_path
+    finally:
+        if process.poll() is None:
+            process.kill()
+            process.wait(10)
+
+
+def test_serve_answers_then_exits_zero_and_removes_socket_when_sigterm(
+    serve_process: tuple[subprocess.Popen[str], Path],
+) -> None:
+    process, socket_path = serve_process
+    channel = wait_ready(socket_path)
+    stub = pb2_grpc.EdgeAgentStub(channel)
+    stub.StartModel(pb2.StartModelRequest(model_component="redness-seg"))
+    deadline = time.monotonic() + 30
+    while stub.DescribeModel(pb2.DescribeModelRequest(model_component="redness-seg")).model_description.status \
+            != pb2.RUNNING and time.monotonic() < deadline:
+        time.sleep(0.05)
+    assert oct(os.stat(socket_path).st_mode & 0o777) == oct(0o660)
+    channel.close()
+    process.send_signal(signal.SIGTERM)
+    _, err = process.communicate(timeout=30)
+    assert process.returncode == 0, err
+    assert not socket_path.exists()
+    assert "model redness-seg: stopped" in err
+
+
+def test_serve_refuses_to_start_when_live_agent_owns_socket(
+    serve_process: tuple[subprocess.Popen[str], Path], models_dir: Path,
+) -> None:
+    _, socket_path = serve_process
+    wait_ready(socket_path).close()
+    second = spawn_serve(socket_path, models_dir)
+    _, err = second.communicate(timeout=30)
+    assert second.returncode == 2
+    assert "another agent is already listening" in err
+    assert socket_path.exists()
+
+
+def test_serve_replaces_stale_socket_when_previous_agent_died(models_dir: Path, short_tmp: Path) -> None:
+    socket_path = short_tmp / "agent.sock"
+    stale = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
+    stale.bind(str(socket_path))
+    stale.close()  # the file stays, nobody listens: what a killed agent leaves behind
+    process = spawn_serve(socket_path, models_dir)
+    try:
+        channel = wait_ready(socket_path)
+        models = pb2_grpc.EdgeAgentStub(channel).ListModels(pb2.ListModelsRequest()).models
+        assert len(models) == 3
+        channel.close()
+    finally:
+        process.send_signal(signal.SIGINT)
+        process.communicate(timeout=30)
+    assert process.returncode == 0
+
+
+@pytest.mark.parametrize(
+    ("make_path", "match"),
+    [
+        (lambda d: d / ("s" * 120 + ".sock"), "under 108 bytes"),
+        (lambda d: d / "missing" / "agent.sock", "does not exist"),
+    ],
+)
+def test_serve_exits_nonzero_with_reason_when_socket_path_unusable(
+    models_dir: Path, short_tmp: Path, make_path, match: str  # type: ignore[no-untyped-def]
+) -> None:
+    process = spawn_serve(make_path(short_tmp), models_dir)
+    _, err = process.communicate(timeout=30)
+    assert process.returncode == 2
+    assert match in err
+
+
+def test_prepare_socket_path_refuses_regular_file(short_tmp: Path) -> None:
+    path = short_tmp / "not-a-socket"
+    path.write_text("data")
+    with pytest.raises(OSError, match="not a socket"):
+        prepare_socket_path(str(path))
+    assert path.read_text() == "data"
