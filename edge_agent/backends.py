@@ -8,7 +8,7 @@ from __future__ import annotations
 
 import logging
 
-from edge_agent.engines.base import Backend
+from edge_agent.engines.base import Backend, MemoryInfo
 from edge_agent.errors import BackendUnavailableError
 from edge_agent.manifest import Manifest
 
@@ -31,6 +31,14 @@ class OnnxRuntimeProvider:
         return OnnxRuntimeBackend(
             manifest.model_file, label=manifest.component_dir.name, intra_op_threads=self.intra_op_threads
         )
+
+    def estimate_bytes(self, manifest: Manifest) -> int:
+        return manifest.memory_bytes or 0
+
+    def memory_info(self) -> MemoryInfo | None:
+        # Host memory is not admission-checked on the CPU backend: the kernel shares it with
+        # everything else and a model's footprint is close to its file size.
+        return None
 
 
 def select_provider(name: str, *, intra_op_threads: int = 0) -> OnnxRuntimeProvider:

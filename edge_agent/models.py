@@ -23,11 +23,12 @@ from pathlib import Path
 from typing import Protocol
 
 from edge_agent.constants import DEFAULT_LOADER_THREADS, MANIFEST_FILE, MAX_COMPONENT_NAME_BYTES, STOP_DRAIN_TIMEOUT_S
-from edge_agent.engines.base import Backend
+from edge_agent.engines.base import Backend, MemoryInfo
 from edge_agent.errors import (
     EdgeAgentError,
     InvalidArgumentError,
     ModelNotFoundError,
+    ResourceExhaustedError,
     WrongStateError,
 )
 from edge_agent.inference import ModelRunner
@@ -56,6 +57,14 @@ class BackendProvider(Protocol):
 
     def create(self, manifest: Manifest) -> Backend: ...
 
+    def estimate_bytes(self, manifest: Manifest) -> int:
+        """Device memory the model will need once loaded (0 when unknown)."""
+        ...
+
+    def memory_info(self) -> MemoryInfo | None:
+        """Total and free device memory, or None when loads need no admission check."""
+        ...
+
 
 @dataclass(frozen=True)
 class ModelInfo:
@@ -65,6 +74,7 @@ class ModelInfo:
     arn: str
     state: ModelState
     status_message: str
+    memory_bytes: int = 0  # held by the loaded model (RUNNING) or reserved for it (STARTING)
 
 
 StateListener = Callable[[str, "ModelState | None", str], None]
@@ -94,11 +104,13 @@ class _Entry:
         self.arn = ""
         self.runner: ModelRunner | None = None
         self.in_flight = 0
+        self.reserved_bytes = 0  # memory set aside for a load in progress
         self.signature: tuple[float, ...] = ()
         self.present = True
 
     def info(self) -> ModelInfo:
-        return ModelInfo(self.name, self.arn, self.state, self.status_message)
+        held = self.runner.backend.report.memory_bytes if self.runner and self.runner.backend.report else 0
+        return ModelInfo(self.name, self.arn, self.state, self.status_message, held or self.reserved_bytes)
 
 
 def _signature(component_dir: Path) -> tuple[float, ...]:
@@ -123,10 +135,12 @@ class ModelManager:
         *,
         loader_threads: int = DEFAULT_LOADER_THREADS,
         stop_drain_timeout_s: float = STOP_DRAIN_TIMEOUT_S,
+        memory_headroom_bytes: int = 0,
     ) -> None:
         self.models_dirs = [Path(d) for d in models_dirs]
         self.provider = provider
         self._stop_drain_timeout_s = stop_drain_timeout_s
+        self.memory_headroom_bytes = memory_headroom_bytes
         # Guards _entries, _closed and every field of every _Entry.
         self._lock = threading.Lock()
         # Signalled when an entry's in_flight drops to 0 or a load finishes.
@@ -268,8 +282,17 @@ class ModelManager:
     # -- lifecycle ------------------------------------------------------------------------
 
     def start(self, name: str) -> ModelState:
-        """Marks the model STARTING and loads it in the background."""
+        """Marks the model STARTING and loads it in the background.
+
+        Raises:
+            ResourceExhaustedError: the model's estimated need does not fit in free device
+                memory less the headroom and what loads in progress have reserved; the
+                model's state is left unchanged.
+        """
         self._find(name)
+        with self._lock:
+            component_dir = self._get(name).component_dir
+        needed = self._estimate(component_dir)
         with self._lock:
             entry = self._get(name)
             if self._closed:
@@ -279,6 +302,8 @@ class ModelManager:
                     f"Model {name} is {entry.state.name}; StartModel needs it STOPPED or FAILED. "
                     + _wait_hint(entry.state)
                 )
+            self._admit(name, needed)
+            entry.reserved_bytes = needed
             entry.state = ModelState.STARTING
             entry.status_message = f"Loading with {self.provider.kind}."
             component_dir = entry.component_dir
@@ -286,6 +311,28 @@ class ModelManager:
         self._publish(name)
         self._loader.submit(self._load, name, component_dir)
         return ModelState.STARTING
+
+    def _estimate(self, component_dir: Path) -> int:
+        try:
+            return max(0, int(self.provider.estimate_bytes(load_manifest(component_dir))))
+        except EdgeAgentError:
+            return 0  # the load itself reports what is wrong with the component
+
+    def _admit(self, name: str, needed: int) -> None:
+        """Checks that ``needed`` bytes fit (caller holds the lock, so admissions are serialized)."""
+        memory = self.provider.memory_info()
+        if memory is None or needed <= 0:
+            return
+        reserved = sum(e.reserved_bytes for e in self._entries.values() if e.state is ModelState.STARTING)
+        available = memory.free_bytes - reserved - self.memory_headroom_bytes
+        if needed > available:
+            raise ResourceExhaustedError(
+                f"Not enough memory to load model {name}: it needs about {_mib(needed)}, and "
+                f"{_mib(max(0, available))} is available ({_mib(memory.free_bytes)} free by "
+                f"{memory.source}, {_mib(reserved)} reserved by models starting, "
+                f"{_mib(self.memory_headroom_bytes)} kept as headroom). Stop a model with StopModel, "
+                "or lower the headroom, then call StartModel again."
+            )
 
     def _load(self, name: str, component_dir: Path) -> None:
         started = time.perf_counter()
@@ -317,6 +364,7 @@ class ModelManager:
                 entry.state = ModelState.STOPPED if (closing and state is ModelState.RUNNING) else state
                 entry.status_message = message if not closing else "Stopped: the agent is shutting down."
                 entry.runner = runner if not closing else None
+                entry.reserved_bytes = 0
                 if manifest is not None:
                     entry.arn = manifest.lookout_vision_model_arn
             self._changed.notify_all()
@@ -418,6 +466,10 @@ class ModelManager:
                     break
                 self._changed.wait(remaining)
             return entry.state
+
+
+def _mib(value: int) -> str:
+    return f"{value / 2**20:.1f} MiB"
 
 
 def _wait_hint(state: ModelState) -> str:

@@ -50,6 +50,15 @@ class LoadReport:
     detail: str = ""
 
 
+@dataclass(frozen=True)
+class MemoryInfo:
+    """Memory of the device models load into, as the admission check and metrics see it."""
+
+    total_bytes: int
+    free_bytes: int
+    source: str  # which figure "free" is, e.g. "cudaMemGetInfo" or "MemAvailable (/proc/meminfo)"
+
+
 class Backend(ABC):
     """One loaded model on one inference engine."""
 

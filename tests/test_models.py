@@ -14,7 +14,8 @@ import pytest
 from edge_agent.backends import OnnxRuntimeProvider
 from edge_agent.engines.base import Backend
 from edge_agent.engines.onnxruntime import OnnxRuntimeBackend
-from edge_agent.errors import InvalidArgumentError, ModelNotFoundError, WrongStateError
+from edge_agent.engines.base import MemoryInfo
+from edge_agent.errors import InvalidArgumentError, ModelNotFoundError, ResourceExhaustedError, WrongStateError
 from edge_agent.imaging import frame_from_bytes
 from edge_agent.manifest import Manifest
 from edge_agent.models import ModelManager, ModelState
@@ -34,6 +35,7 @@ class CountingProvider(OnnxRuntimeProvider):
         self.loading_now: Counter[str] = Counter()
         self.max_parallel_loads: Counter[str] = Counter()
         self.infer_gate: threading.Event | None = None
+        self.load_gate: threading.Event | None = None
         self.infer_entered = threading.Event()
         self.errors_after_unload = 0
 
@@ -48,6 +50,8 @@ class CountingProvider(OnnxRuntimeProvider):
                     provider.max_parallel_loads[name] = max(provider.max_parallel_loads[name],
                                                             provider.loading_now[name])
                 try:
+                    if provider.load_gate is not None:
+                        provider.load_gate.wait(30)
                     return super()._load_impl()
                 finally:
                     with provider.lock:
@@ -226,3 +230,45 @@ def test_listeners_see_every_transition_in_order(manager: tuple[ModelManager, Co
     mgr.stop("redness-seg")
     assert [s for _, s in seen] == [ModelState.STOPPED, ModelState.STARTING, ModelState.RUNNING,
                                     ModelState.STOPPING, ModelState.STOPPED]
+
+
+class MeteredProvider(CountingProvider):
+    """A device with a fixed amount of free memory; each model needs what its manifest declares."""
+
+    def __init__(self, free_bytes: int) -> None:
+        super().__init__()
+        self.free_bytes = free_bytes
+
+    def estimate_bytes(self, manifest: Manifest) -> int:
+        return manifest.memory_bytes or 0
+
+    def memory_info(self) -> MemoryInfo:
+        return MemoryInfo(total_bytes=self.free_bytes, free_bytes=self.free_bytes, source="test device")
+
+
+def test_start_returns_resource_exhausted_when_concurrent_loads_reserve_the_memory(models_dir: Path) -> None:
+    for name in ("redness-seg", "colours-seg"):
+        path = models_dir / name / "manifest.json"
+        import json
+
+        data = json.loads(path.read_text())
+        data["memory_bytes"] = 600 * 2**20
+        path.write_text(json.dumps(data))
+    provider = MeteredProvider(free_bytes=1000 * 2**20)
+    provider.load_gate = threading.Event()
+    mgr = ModelManager([models_dir], provider, memory_headroom_bytes=100 * 2**20)
+    try:
+        assert mgr.start("redness-seg") is ModelState.STARTING
+        assert mgr.describe("redness-seg").memory_bytes == 600 * 2**20
+        with pytest.raises(ResourceExhaustedError, match=r"needs about 600.0 MiB.*300.0 MiB is available"):
+            mgr.start("colours-seg")
+        assert mgr.describe("colours-seg").state is ModelState.STOPPED
+        provider.load_gate.set()
+        assert mgr.wait_for("redness-seg", [ModelState.RUNNING], 30) is ModelState.RUNNING
+        mgr.stop("redness-seg")
+        # Nothing reserved any more: the second model now fits.
+        assert mgr.start("colours-seg") is ModelState.STARTING
+        assert mgr.wait_for("colours-seg", [ModelState.RUNNING], 30) is ModelState.RUNNING
+    finally:
+        provider.load_gate.set()
+        mgr.close()
