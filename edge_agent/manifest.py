@@ -74,12 +74,18 @@ class Threshold:
             span = self.max - self.min
             normalized = (value - self.threshold) / span + 0.5
         elif value >= self.threshold:
-            # Above the threshold: [threshold, max(1, threshold)] -> [0.5, 1].
-            upper = max(1.0, self.threshold + 1e-12)
-            normalized = 0.5 + 0.5 * (value - self.threshold) / (upper - self.threshold)
+            # Above the threshold: [threshold, max(1, threshold)] -> [0.5, 1]; a threshold at or
+            # above 1 leaves no room, so anything above it saturates (and nothing divides by 0).
+            span = max(1.0, self.threshold) - self.threshold
+            if span > 0:
+                normalized = 0.5 + 0.5 * (value - self.threshold) / span
+            else:
+                normalized = 1.0 if value > self.threshold else 0.5
         else:
-            lower = min(0.0, self.threshold - 1e-12)
-            normalized = 0.5 * (value - lower) / (self.threshold - lower)
+            # Below the threshold: [min(0, threshold), threshold] -> [0, 0.5].
+            lower = min(0.0, self.threshold)
+            span = self.threshold - lower
+            normalized = 0.5 * (value - lower) / span if span > 0 else 0.0
         return min(1.0, max(0.0, normalized))
 
 
