@@ -18,19 +18,16 @@ from edge_agent.constants import DEFAULT_SOCKET_PATH
 LOGGER = logging.getLogger("edge_agent")
 
 
-def _configure_logging(level: str) -> None:
-    logging.basicConfig(
-        level=getattr(logging, level.upper(), logging.INFO),
-        format="%(asctime)s %(levelname)s %(name)s: %(message)s",
-        stream=sys.stderr,
-    )
 
 
 # -- serve and model preparation ----------------------------------------------------------------
 
 
 def _cmd_serve(args: argparse.Namespace) -> int:
+    from prometheus_client import CollectorRegistry
+
     from edge_agent.backends import select_provider
+    from edge_agent.metrics import AgentMetrics
     from edge_agent.models import ModelManager
     from edge_agent.server import run
 
@@ -45,6 +42,10 @@ def _cmd_serve(args: argparse.Namespace) -> int:
         config.backend = args.backend
     if args.workers:
         config.worker_threads = args.workers
+    if args.metrics_port is not None:
+        config.metrics_port = args.metrics_port
+    if args.metrics_address:
+        config.metrics_address = args.metrics_address
     if not config.models_dirs:
         demo_dir = default_demo_models_dir()
         config.models_dirs = [demo_dir]
@@ -52,8 +53,9 @@ def _cmd_serve(args: argparse.Namespace) -> int:
 
     provider = select_provider(config.backend, intra_op_threads=config.intra_op_threads)
     manager = ModelManager(config.models_dirs, provider, loader_threads=config.loader_threads)
+    metrics = AgentMetrics(CollectorRegistry(), manager, provider) if config.metrics_port else None
     try:
-        return run(config, manager)
+        return run(config, manager, metrics=metrics)
     except OSError as exc:
         manager.close()
         LOGGER.error("cannot start: %s", exc)
@@ -189,7 +191,10 @@ def build_parser() -> argparse.ArgumentParser:
         description="Serve anomaly-detection models over the Lookout for Vision Edge Agent gRPC API.",
     )
     parser.add_argument("--version", action="version", version=f"edge-agent {__version__}")
-    parser.add_argument("--log-level", default="info", choices=["debug", "info", "warning", "error"])
+    parser.add_argument("--log-level", default="info", choices=["debug", "info", "warning", "error"],
+                        help="debug adds one line per request")
+    parser.add_argument("--log-format", default=None, choices=["text", "json"],
+                        help="json: one object per line, for log shippers (default text)")
     commands = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
 
     serve = commands.add_parser("serve", help="run the agent in the foreground")
@@ -199,6 +204,9 @@ def build_parser() -> argparse.ArgumentParser:
                        help="directory of model components (repeatable; default: the demo models)")
     serve.add_argument("--backend", choices=["auto", "onnxruntime"], help="inference engine (default auto)")
     serve.add_argument("--workers", type=int, help="gRPC worker threads")
+    serve.add_argument("--metrics-port", type=int, default=None,
+                       help="Prometheus metrics port (default 9464; 0 turns metrics off)")
+    serve.add_argument("--metrics-address", default=None, help="address the metrics endpoint binds (default 0.0.0.0)")
     serve.set_defaults(func=_cmd_serve)
 
     demo = commands.add_parser("demo-models", help="build the demo model components into DIR")
@@ -237,8 +245,11 @@ def build_parser() -> argparse.ArgumentParser:
 
 
 def main(argv: Sequence[str] | None = None) -> int:
+    from edge_agent import logs
+
     args = build_parser().parse_args(argv)
-    _configure_logging(args.log_level)
+    log_format = args.log_format or AgentConfig.from_env().log_format
+    logs.configure(args.log_level, "json" if log_format == "json" else "text")
     try:
         return int(args.func(args))
     except grpc.RpcError as exc:

@@ -9,6 +9,7 @@ from pathlib import Path
 from edge_agent.constants import (
     DEFAULT_LOADER_THREADS,
     DEFAULT_MAX_CONCURRENT_RPCS,
+    DEFAULT_METRICS_PORT,
     DEFAULT_SHUTDOWN_GRACE_S,
     DEFAULT_SOCKET_PATH,
     DEFAULT_WORKER_THREADS,
@@ -45,6 +46,9 @@ class AgentConfig:
     intra_op_threads: int = 0
     shutdown_grace_s: float = DEFAULT_SHUTDOWN_GRACE_S
     socket_mode: int = 0o660
+    metrics_port: int = DEFAULT_METRICS_PORT  # 0 turns the HTTP endpoint off
+    metrics_address: str = "0.0.0.0"
+    log_format: str = "text"  # or "json"
 
     @classmethod
     def from_env(cls, environ: dict[str, str] | None = None) -> AgentConfig:
@@ -63,7 +67,11 @@ class AgentConfig:
             config.models_dirs = [Path(p) for p in value.split(":") if p]
         if (value := get("backend")) is not None:
             config.backend = value
-        for name in ("worker_threads", "max_concurrent_rpcs", "loader_threads", "intra_op_threads"):
+        if (value := get("metrics_address")) is not None:
+            config.metrics_address = value
+        if (value := get("log_format")) is not None:
+            config.log_format = value
+        for name in ("worker_threads", "max_concurrent_rpcs", "loader_threads", "intra_op_threads", "metrics_port"):
             if (value := get(name)) is not None:
                 try:
                     setattr(config, name, int(value))

@@ -9,7 +9,9 @@ from __future__ import annotations
 
 import logging
 import math
-from dataclasses import dataclass
+import threading
+import time
+from dataclasses import dataclass, field
 
 import numpy as np
 
@@ -29,6 +31,16 @@ class AnomalyArea:
     color: str  # "#RRGGBB"
 
 
+@dataclass
+class PhaseTimes:
+    """Seconds one request spent in each phase (Triton's split)."""
+
+    queue_s: float = 0.0  # waiting for a free inference slot on the engine
+    preprocess_s: float = 0.0  # reading the frame, resizing, normalizing
+    inference_s: float = 0.0  # the engine itself
+    postprocess_s: float = 0.0  # decision, mask, areas, writing the answer
+
+
 @dataclass(frozen=True)
 class Detection:
     """What one image yields; the mask is at the input image's size."""
@@ -39,6 +51,7 @@ class Detection:
     normalized_score: float
     mask: np.ndarray | None  # (H, W, 3) uint8 RGB, segmentation models only
     anomalies: tuple[AnomalyArea, ...]
+    times: PhaseTimes = field(default_factory=PhaseTimes, compare=False)
 
 
 class ModelRunner:
@@ -47,6 +60,10 @@ class ModelRunner:
     def __init__(self, manifest: Manifest, backend: Backend) -> None:
         self.manifest = manifest
         self.backend = backend
+        # Requests beyond the engine's useful parallelism wait here (and count as queued).
+        self._slots = threading.BoundedSemaphore(max(1, backend.max_concurrency))
+        self._queued_lock = threading.Lock()  # guards queued
+        self.queued = 0
         self.input_name, self.preprocess = self._bind_input()
         self._check_outputs_declared()
         types = manifest.anomaly_types
@@ -110,9 +127,27 @@ class ModelRunner:
     # -- the pipeline -----------------------------------------------------------------------
 
     def detect(self, frame: Frame) -> Detection:
+        started = time.perf_counter()
         tensor = self.preprocess(frame)
-        outputs = self.backend.infer({self.input_name: tensor})
-        return self.postprocess(outputs, frame.width, frame.height)
+        preprocessed = time.perf_counter()
+        with self._queued_lock:
+            self.queued += 1
+        try:
+            self._slots.acquire()
+        finally:
+            with self._queued_lock:
+                self.queued -= 1
+        slotted = time.perf_counter()
+        try:
+            outputs = self.backend.infer({self.input_name: tensor})
+        finally:
+            self._slots.release()
+        inferred = time.perf_counter()
+        detection = self.postprocess(outputs, frame.width, frame.height)
+        times = detection.times
+        times.preprocess_s, times.queue_s = preprocessed - started, slotted - preprocessed
+        times.inference_s, times.postprocess_s = inferred - slotted, time.perf_counter() - inferred
+        return detection
 
     def postprocess(self, outputs: dict[str, np.ndarray], width: int, height: int) -> Detection:
         manifest = self.manifest

@@ -62,7 +62,11 @@ class BackendProvider(Protocol):
         ...
 
     def memory_info(self) -> MemoryInfo | None:
-        """Total and free device memory, or None when loads need no admission check."""
+        """Total and free device memory, or None when loads need no admission check.
+
+        Called with the manager's lock held (admissions are serialized): it must be quick
+        and must not call back into the manager.
+        """
         ...
 
 
@@ -75,6 +79,10 @@ class ModelInfo:
     state: ModelState
     status_message: str
     memory_bytes: int = 0  # held by the loaded model (RUNNING) or reserved for it (STARTING)
+    in_flight: int = 0  # DetectAnomalies calls holding the model
+    queued: int = 0  # of those, waiting for an inference slot
+    load_source: str = ""  # where the running model came from (onnxruntime, engine-cache...)
+    load_seconds: float = 0.0
 
 
 StateListener = Callable[[str, "ModelState | None", str], None]
@@ -105,12 +113,20 @@ class _Entry:
         self.runner: ModelRunner | None = None
         self.in_flight = 0
         self.reserved_bytes = 0  # memory set aside for a load in progress
+        self.load_seconds = 0.0  # StartModel to RUNNING, last successful load
         self.signature: tuple[float, ...] = ()
         self.present = True
 
     def info(self) -> ModelInfo:
-        held = self.runner.backend.report.memory_bytes if self.runner and self.runner.backend.report else 0
-        return ModelInfo(self.name, self.arn, self.state, self.status_message, held or self.reserved_bytes)
+        report = self.runner.backend.report if self.runner is not None else None
+        return ModelInfo(
+            self.name, self.arn, self.state, self.status_message,
+            memory_bytes=report.memory_bytes if report else self.reserved_bytes,
+            in_flight=self.in_flight,
+            queued=self.runner.queued if self.runner is not None else 0,
+            load_source=report.source if report else "",
+            load_seconds=self.load_seconds if report else 0.0,
+        )
 
 
 def _signature(component_dir: Path) -> tuple[float, ...]:
@@ -210,7 +226,7 @@ class ModelManager:
                     continue
                 if entry.state in (ModelState.STOPPED, ModelState.FAILED):
                     del self._entries[name]
-                    LOGGER.info("model %s: removed (its directory is gone)", name)
+                    LOGGER.info("model %s: removed (its directory is gone)", name, extra=_event(name, "removed"))
                     events.append(name)
                 else:
                     entry.present = False
@@ -219,7 +235,8 @@ class ModelManager:
                 if entry is None:
                     entry = self._entries[name] = _Entry(name, path)
                     self._inspect(entry)
-                    LOGGER.info("model %s: discovered in %s (%s)", name, path.parent, entry.state.name)
+                    LOGGER.info("model %s: discovered in %s (%s)", name, path.parent, entry.state.name,
+                                extra=_event(name, "discovered"))
                     events.append(name)
                 elif entry.state in (ModelState.STOPPED, ModelState.FAILED) and (
                     entry.component_dir != path or entry.signature != _signature(path)
@@ -307,7 +324,7 @@ class ModelManager:
             entry.state = ModelState.STARTING
             entry.status_message = f"Loading with {self.provider.kind}."
             component_dir = entry.component_dir
-        LOGGER.info("model %s: starting (%s)", name, self.provider.kind)
+        LOGGER.info("model %s: starting (%s)", name, self.provider.kind, extra=_event(name, "starting"))
         self._publish(name)
         self._loader.submit(self._load, name, component_dir)
         return ModelState.STARTING
@@ -347,9 +364,8 @@ class ModelManager:
             except BaseException:
                 backend.unload()
                 raise
-            message = (
-                f"Running on {backend.kind} ({report.source}), loaded in {time.perf_counter() - started:.2f} s."
-            )
+            elapsed = time.perf_counter() - started
+            message = f"Running on {backend.kind} ({report.source}), loaded in {elapsed:.2f} s."
             state = ModelState.RUNNING
         except EdgeAgentError as exc:
             state, message, manifest = ModelState.FAILED, str(exc), None
@@ -365,15 +381,17 @@ class ModelManager:
                 entry.status_message = message if not closing else "Stopped: the agent is shutting down."
                 entry.runner = runner if not closing else None
                 entry.reserved_bytes = 0
+                if state is ModelState.RUNNING:
+                    entry.load_seconds = elapsed
                 if manifest is not None:
                     entry.arn = manifest.lookout_vision_model_arn
             self._changed.notify_all()
         if runner is not None and (closing or entry is None):
             runner.backend.unload()
         if state is ModelState.RUNNING and not closing:
-            LOGGER.info("model %s: running (%s)", name, message)
+            LOGGER.info("model %s: running (%s)", name, message, extra=_event(name, "running"))
         elif state is ModelState.FAILED:
-            LOGGER.error("model %s: failed: %s", name, message)
+            LOGGER.error("model %s: failed: %s", name, message, extra=_event(name, "failed"))
         if entry is not None:
             self._publish(name)
 
@@ -388,7 +406,7 @@ class ModelManager:
                 )
             entry.state = ModelState.STOPPING
             entry.status_message = "Stopping: waiting for requests in flight."
-        LOGGER.info("model %s: stopping", name)
+        LOGGER.info("model %s: stopping", name, extra=_event(name, "stopping"))
         self._publish(name)
         self._drain_and_unload(entry, "Stopped by StopModel.")
         return ModelState.STOPPED
@@ -410,7 +428,7 @@ class ModelManager:
             entry.state = ModelState.STOPPED
             entry.status_message = message
             self._changed.notify_all()
-        LOGGER.info("model %s: stopped", entry.name)
+        LOGGER.info("model %s: stopped", entry.name, extra=_event(entry.name, "stopped"))
         self._publish(entry.name)
 
     @contextmanager
@@ -450,6 +468,8 @@ class ModelManager:
         if timeout_s is not None:
             self._stop_drain_timeout_s = timeout_s
         for entry in running:
+            LOGGER.info("model %s: stopping (the agent is shutting down)", entry.name,
+                        extra=_event(entry.name, "stopping"))
             self._publish(entry.name)
             self._drain_and_unload(entry, "Stopped: the agent is shutting down.")
         # Loads in progress see _closed and unload what they loaded.
@@ -466,6 +486,11 @@ class ModelManager:
                     break
                 self._changed.wait(remaining)
             return entry.state
+
+
+def _event(name: str, event: str) -> dict[str, str]:
+    """Structured fields of a lifecycle log line (emitted by the JSON log format)."""
+    return {"model_component": name, "event": event}
 
 
 def _mib(value: int) -> str:

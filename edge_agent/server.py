@@ -12,7 +12,8 @@ import signal
 import socket
 import stat
 import threading
-from collections.abc import Callable, Iterator
+import time
+from collections.abc import Iterator
 from concurrent.futures import ThreadPoolExecutor
 from contextlib import contextmanager
 from dataclasses import dataclass
@@ -36,8 +37,9 @@ from edge_agent.errors import (
     ResourceExhaustedError,
     WrongStateError,
 )
-from edge_agent.imaging import Frame, frame_from_bytes, frame_from_segment
+from edge_agent.imaging import Frame, check_size, frame_from_bytes, frame_from_segment
 from edge_agent.inference import Detection
+from edge_agent.metrics import AgentMetrics, start_http
 from edge_agent.models import ModelManager, ModelState, validate_component_name
 
 LOGGER = logging.getLogger(__name__)
@@ -62,16 +64,12 @@ def status_for(error: EdgeAgentError) -> grpc.StatusCode:
     return grpc.StatusCode.INTERNAL
 
 
-# Called after every RPC with (rpc name, status code); metrics hook in here.
-RpcObserver = Callable[[str, grpc.StatusCode], None]
-
-
 class EdgeAgentServicer(pb2_grpc.EdgeAgentServicer):
     """Implements the five RPCs of the wire contract over a ModelManager."""
 
-    def __init__(self, manager: ModelManager, observers: list[RpcObserver] | None = None) -> None:
+    def __init__(self, manager: ModelManager, metrics: AgentMetrics | None = None) -> None:
         self.manager = manager
-        self.observers = list(observers or [])
+        self.metrics = metrics
 
     @contextmanager
     def _rpc(self, name: str, context: grpc.ServicerContext) -> Iterator[None]:
@@ -86,11 +84,8 @@ class EdgeAgentServicer(pb2_grpc.EdgeAgentServicer):
             LOGGER.exception("%s: unexpected error", name)
             code = grpc.StatusCode.INTERNAL
             message = f"Internal error in {name}: {type(exc).__name__}: {exc}. See the agent log; retry the call."
-        for observer in self.observers:
-            try:
-                observer(name, code)
-            except Exception:
-                LOGGER.exception("RPC observer failed")
+        if self.metrics is not None:
+            self.metrics.observe_rpc(name, code)
         if code is not grpc.StatusCode.OK:
             context.abort(code, message)
 
@@ -134,14 +129,28 @@ class EdgeAgentServicer(pb2_grpc.EdgeAgentServicer):
         self, request: pb2.DetectAnomaliesRequest, context: grpc.ServicerContext
     ) -> pb2.DetectAnomaliesResponse:
         with self._rpc("DetectAnomalies", context):
+            started = time.perf_counter()
             name = validate_component_name(request.model_component)
             mask_segment = _mask_segment(request)
             with self.manager.serving(name) as runner:
+                leased = time.perf_counter()
                 frame = _frame(request)
+                read = time.perf_counter()
                 detection = runner.detect(frame)
-            return pb2.DetectAnomaliesResponse(
-                detect_anomaly_result=_result(detection, frame, mask_segment)
-            )
+                answered = time.perf_counter()
+                result = _result(detection, frame, mask_segment)
+            finished = time.perf_counter()
+            times = detection.times
+            # Waiting for the model lease counts as queueing; reading the frame as pre-processing;
+            # writing the mask and building the reply as post-processing.
+            times.queue_s += leased - started
+            times.preprocess_s += read - leased
+            times.postprocess_s += finished - answered
+            LOGGER.debug("DetectAnomalies %s: anomalous=%s confidence=%.4f %.1f ms", name, detection.is_anomalous,
+                         detection.confidence, (finished - started) * 1000)
+            if self.metrics is not None:
+                self.metrics.observe_detection(name, detection.is_anomalous, times, finished - started)
+            return pb2.DetectAnomaliesResponse(detect_anomaly_result=result)
         raise AssertionError("unreachable")
 
 
@@ -156,8 +165,6 @@ def _frame(request: pb2.DetectAnomaliesRequest) -> Frame:
     if which == "shared_memory_handle":
         handle = bitmap.shared_memory_handle
         field = "bitmap.shared_memory_handle"
-        from edge_agent.imaging import check_size
-
         check_size(bitmap.width, bitmap.height)
         segment = shm.check_range(handle.name, handle.offset, handle.size, field)
         return frame_from_segment(bitmap.width, bitmap.height, shm.read(segment, field), field)
@@ -241,7 +248,7 @@ def create_server(
     *,
     worker_threads: int,
     max_concurrent_rpcs: int,
-    observers: list[RpcObserver] | None = None,
+    metrics: AgentMetrics | None = None,
 ) -> AgentServer:
     """Builds the gRPC server bound to ``addresses`` (``unix:PATH`` or ``HOST:PORT``), not started.
 
@@ -258,7 +265,7 @@ def create_server(
         options=options,
         maximum_concurrent_rpcs=max_concurrent_rpcs,
     )
-    servicer = EdgeAgentServicer(manager, observers)
+    servicer = EdgeAgentServicer(manager, metrics)
     pb2_grpc.add_EdgeAgentServicer_to_server(servicer, server)
     health_servicer = health.HealthServicer(experimental_non_blocking=True)
     health_pb2_grpc.add_HealthServicer_to_server(health_servicer, server)
@@ -321,15 +328,29 @@ def prepare_socket_path(path: str) -> None:
     )
 
 
-def run(config: AgentConfig, manager: ModelManager, *, ready: threading.Event | None = None) -> int:
-    """Serves until SIGTERM/SIGINT; returns the process exit code."""
+def run(config: AgentConfig, manager: ModelManager, *, metrics: AgentMetrics | None = None,
+        ready: threading.Event | None = None) -> int:
+    """Serves until SIGTERM/SIGINT; returns the process exit code.
+
+    Raises:
+        OSError: when the socket (or the metrics port) cannot be used; nothing is left listening.
+    """
     socket_path = config.socket_path
     prepare_socket_path(socket_path)
     addresses = [f"unix:{socket_path}"]
     if config.tcp_address:
         addresses.append(config.tcp_address)
     agent = create_server(manager, addresses, worker_threads=config.worker_threads,
-                          max_concurrent_rpcs=config.max_concurrent_rpcs)
+                          max_concurrent_rpcs=config.max_concurrent_rpcs, metrics=metrics)
+    metrics_server = None
+    if metrics is not None and config.metrics_port:
+        try:
+            metrics_server = start_http(metrics.registry, config.metrics_port, config.metrics_address)
+        except OSError as exc:
+            agent.server.stop(None)
+            raise OSError(f"cannot serve metrics on {config.metrics_address}:{config.metrics_port}: "
+                          f"{exc.strerror or exc}. Choose another --metrics-port (0 turns metrics off).") from None
+        LOGGER.info("metrics on http://%s:%d/metrics", config.metrics_address, config.metrics_port)
     agent.start()
     try:
         os.chmod(socket_path, config.socket_mode)
@@ -355,6 +376,9 @@ def run(config: AgentConfig, manager: ModelManager, *, ready: threading.Event | 
         for sig, handler in previous.items():
             signal.signal(sig, handler)
         agent.stop(config.shutdown_grace_s)
+        if metrics_server is not None:
+            metrics_server.shutdown()
+            metrics_server.server_close()
         try:
             os.unlink(socket_path)
         except FileNotFoundError:

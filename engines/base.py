@@ -64,6 +64,8 @@ class Backend(ABC):
 
     #: Short engine name, shown in logs and DescribeModel.
     kind: str = "base"
+    #: How many inferences may run at once on this backend; more requests queue.
+    max_concurrency: int = 1
 
     def __init__(self, model_path: Path, *, label: str | None = None) -> None:
         self.model_path = Path(model_path)

@@ -38,6 +38,10 @@ class OnnxRuntimeBackend(Backend):
         super().__init__(model_path, label=label)
         self._intra_op_threads = intra_op_threads
         self._session: ort.InferenceSession | None = None
+        # Keep total threads near the core count: with intra-op threads on every core (0, the
+        # default) runs go one at a time; with N threads each, cores // N run side by side.
+        cores = os.cpu_count() or 1
+        self.max_concurrency = max(1, cores // intra_op_threads) if intra_op_threads > 0 else 1
 
     def _load_impl(self) -> LoadReport:
         options = ort.SessionOptions()

@@ -90,7 +90,7 @@ def test_cli_says_agent_not_running_when_socket_absent(short_tmp: Path, capsys: 
 def spawn_serve(socket_path: Path, models_dir: Path, *extra: str) -> subprocess.Popen[str]:
     return subprocess.Popen(
         [sys.executable, "-m", "edge_agent.cli", "serve", "--socket", str(socket_path),
-         "--models-dir", str(models_dir), *extra],
+         "--models-dir", str(models_dir), *(extra or ("--metrics-port", "0"))],
         stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
     )
 
