@@ -225,3 +225,24 @@ def test_serve_logs_lifecycle_events_as_json_and_serves_metrics_port(models_dir:
     for event in ("discovered", "starting", "running", "stopping", "stopped"):
         assert ("redness-seg", event) in events, event
     assert all({"time", "level", "logger", "message"} <= set(r) for r in records)
+
+
+def test_dashboard_queries_only_metrics_the_agent_exports(metrics_agent: MetricsAgent) -> None:
+    import re
+    from importlib import resources
+
+    dashboard = json.loads(resources.files("edge_agent").joinpath("dashboards/edge-agent.json").read_text())
+    metrics_agent.start("redness-seg")
+    metrics_agent.detect("redness-seg")
+    exported = {sample.name for samples in metrics_agent.scrape().values() for sample in samples}
+    queried = set()
+    for panel in dashboard["panels"]:
+        for target in panel["targets"]:
+            queried |= set(re.findall(r"edge_agent_[a-z_]+", target["expr"]))
+    for variable in dashboard["templating"]["list"]:
+        queried |= set(re.findall(r"edge_agent_[a-z_]+", variable.get("definition", "")))
+    assert len(queried) >= 10
+    assert queried <= exported, sorted(queried - exported)
+    titles = " ".join(p["title"] for p in dashboard["panels"]).lower()
+    for topic in ("status", "gpu memory", "latency", "status code", "defect rate"):
+        assert topic in titles, topic
