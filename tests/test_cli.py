@@ -184,3 +184,40 @@ def test_prepare_socket_path_refuses_regular_file(short_tmp: Path) -> None:
     with pytest.raises(OSError, match="not a socket"):
         prepare_socket_path(str(path))
     assert path.read_text() == "data"
+
+
+def test_serve_without_models_dir_builds_and_serves_demo_models(short_tmp: Path, tmp_path: Path) -> None:
+    socket_path = short_tmp / "agent.sock"
+    env = dict(os.environ, XDG_CACHE_HOME=str(tmp_path / "cache"))
+    env.pop("EDGE_AGENT_MODELS_DIRS", None)
+    process = subprocess.Popen(
+        [sys.executable, "-m", "edge_agent.cli", "serve", "--socket", str(socket_path), "--metrics-port", "0"],
+        stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, env=env)
+    try:
+        channel = wait_ready(socket_path, timeout_s=120)
+        models = pb2_grpc.EdgeAgentStub(channel).ListModels(pb2.ListModelsRequest()).models
+        assert {m.model_component for m in models} == {"demo-brick-segmentation", "demo-brick-classification"}
+        assert all(m.status == pb2.STOPPED for m in models)
+        channel.close()
+    finally:
+        process.send_signal(signal.SIGTERM)
+        process.communicate(timeout=30)
+    assert (tmp_path / "cache" / "edge-agent" / "demo-models" / "demo-brick-segmentation" / "model.onnx").is_file()
+
+
+def test_serve_also_listens_on_tcp_when_asked(models_dir: Path, short_tmp: Path) -> None:
+    with socket.socket() as probe:
+        probe.bind(("127.0.0.1", 0))
+        port = probe.getsockname()[1]
+    socket_path = short_tmp / "agent.sock"
+    process = spawn_serve(socket_path, models_dir, "--tcp", f"127.0.0.1:{port}", "--metrics-port", "0")
+    try:
+        wait_ready(socket_path).close()
+        channel = grpc.insecure_channel(f"127.0.0.1:{port}")
+        grpc.channel_ready_future(channel).result(timeout=30)
+        assert len(pb2_grpc.EdgeAgentStub(channel).ListModels(pb2.ListModelsRequest()).models) == 3
+        channel.close()
+    finally:
+        process.send_signal(signal.SIGTERM)
+        process.communicate(timeout=30)
+    assert process.returncode == 0
