@@ -36,6 +36,8 @@ def _cmd_serve(args: argparse.Namespace) -> int:
         config.socket_path = args.socket
     if args.tcp:
         config.tcp_address = args.tcp
+    if args.socket_group:
+        config.socket_group = args.socket_group
     if args.models_dir:
         config.models_dirs = [Path(p) for p in args.models_dir]
     if args.backend:
@@ -199,6 +201,8 @@ def build_parser() -> argparse.ArgumentParser:
 
     serve = commands.add_parser("serve", help="run the agent in the foreground")
     serve.add_argument("--socket", help=f"unix socket path (default {DEFAULT_SOCKET_PATH})")
+    serve.add_argument("--socket-group", metavar="GROUP",
+                       help="group that owns the socket; its members may connect (mode 0660)")
     serve.add_argument("--tcp", metavar="HOST:PORT", help="also listen on TCP (off by default; no TLS yet)")
     serve.add_argument("--models-dir", action="append", metavar="DIR",
                        help="directory of model components (repeatable; default: the demo models)")

@@ -45,7 +45,8 @@ class AgentConfig:
     loader_threads: int = DEFAULT_LOADER_THREADS
     intra_op_threads: int = 0
     shutdown_grace_s: float = DEFAULT_SHUTDOWN_GRACE_S
-    socket_mode: int = 0o660
+    socket_mode: int = 0o660  # owner and group may connect, nobody else
+    socket_group: str | None = None  # group given the socket, so client users in it can connect
     metrics_port: int = DEFAULT_METRICS_PORT  # 0 turns the HTTP endpoint off
     metrics_address: str = "0.0.0.0"
     log_format: str = "text"  # or "json"
@@ -67,6 +68,8 @@ class AgentConfig:
             config.models_dirs = [Path(p) for p in value.split(":") if p]
         if (value := get("backend")) is not None:
             config.backend = value
+        if (value := get("socket_group")) is not None:
+            config.socket_group = value
         if (value := get("metrics_address")) is not None:
             config.metrics_address = value
         if (value := get("log_format")) is not None:

@@ -6,6 +6,7 @@ where they become gRPC status codes.
 
 from __future__ import annotations
 
+import grp
 import logging
 import os
 import signal
@@ -328,6 +329,35 @@ def prepare_socket_path(path: str) -> None:
     )
 
 
+def _abandon(agent: AgentServer, socket_path: str) -> None:
+    """Undoes a start that cannot complete: nothing may stay bound to the socket path."""
+    agent.server.stop(None)
+    try:
+        os.unlink(socket_path)
+    except FileNotFoundError:
+        pass
+
+
+def secure_socket(path: str, mode: int, group: str | None) -> None:
+    """Gives the socket file its mode (owner and group by default) and, if named, its group.
+
+    Raises:
+        OSError: naming the group or the permission problem.
+    """
+    if group:
+        try:
+            gid = grp.getgrnam(group).gr_gid
+        except KeyError:
+            raise OSError(f"socket group {group!r} does not exist; create it (groupadd {group}) or pass another "
+                          "--socket-group.") from None
+        try:
+            os.chown(path, -1, gid)
+        except PermissionError:
+            raise OSError(f"cannot give socket {path} to group {group!r}: the agent's user must be a member of "
+                          "that group (usermod -aG).") from None
+    os.chmod(path, mode)
+
+
 def run(config: AgentConfig, manager: ModelManager, *, metrics: AgentMetrics | None = None,
         ready: threading.Event | None = None) -> int:
     """Serves until SIGTERM/SIGINT; returns the process exit code.
@@ -340,22 +370,28 @@ def run(config: AgentConfig, manager: ModelManager, *, metrics: AgentMetrics | N
     addresses = [f"unix:{socket_path}"]
     if config.tcp_address:
         addresses.append(config.tcp_address)
-    agent = create_server(manager, addresses, worker_threads=config.worker_threads,
-                          max_concurrent_rpcs=config.max_concurrent_rpcs, metrics=metrics)
+    # The socket file is born with the configured mode: no moment where others may connect.
+    previous_umask = os.umask(0o777 & ~config.socket_mode)
+    try:
+        agent = create_server(manager, addresses, worker_threads=config.worker_threads,
+                              max_concurrent_rpcs=config.max_concurrent_rpcs, metrics=metrics)
+    finally:
+        os.umask(previous_umask)
+    try:
+        secure_socket(socket_path, config.socket_mode, config.socket_group)
+    except OSError:
+        _abandon(agent, socket_path)
+        raise
     metrics_server = None
     if metrics is not None and config.metrics_port:
         try:
             metrics_server = start_http(metrics.registry, config.metrics_port, config.metrics_address)
         except OSError as exc:
-            agent.server.stop(None)
+            _abandon(agent, socket_path)
             raise OSError(f"cannot serve metrics on {config.metrics_address}:{config.metrics_port}: "
                           f"{exc.strerror or exc}. Choose another --metrics-port (0 turns metrics off).") from None
         LOGGER.info("metrics on http://%s:%d/metrics", config.metrics_address, config.metrics_port)
     agent.start()
-    try:
-        os.chmod(socket_path, config.socket_mode)
-    except OSError as exc:
-        LOGGER.warning("cannot set permissions on %s: %s", socket_path, exc.strerror)
     LOGGER.info("listening on %s", ", ".join(addresses))
 
     stop_requested = threading.Event()

@@ -221,3 +221,28 @@ def test_serve_also_listens_on_tcp_when_asked(models_dir: Path, short_tmp: Path)
         process.send_signal(signal.SIGTERM)
         process.communicate(timeout=30)
     assert process.returncode == 0
+
+
+def test_serve_gives_socket_to_group_when_asked(models_dir: Path, short_tmp: Path) -> None:
+    import grp
+
+    group = grp.getgrgid(os.getgid()).gr_name if os.getgid() != 0 else "daemon"
+    socket_path = short_tmp / "agent.sock"
+    process = spawn_serve(socket_path, models_dir, "--socket-group", group, "--metrics-port", "0")
+    try:
+        wait_ready(socket_path).close()
+        info = os.stat(socket_path)
+        assert grp.getgrgid(info.st_gid).gr_name == group
+        assert info.st_mode & 0o777 == 0o660
+    finally:
+        process.send_signal(signal.SIGTERM)
+        process.communicate(timeout=30)
+
+
+def test_serve_refuses_unknown_socket_group(models_dir: Path, short_tmp: Path) -> None:
+    process = spawn_serve(short_tmp / "agent.sock", models_dir, "--socket-group", "no-such-group-xyz",
+                          "--metrics-port", "0")
+    _, err = process.communicate(timeout=30)
+    assert process.returncode == 2
+    assert "socket group 'no-such-group-xyz' does not exist" in err
+    assert not (short_tmp / "agent.sock").exists()
