@@ -14,7 +14,7 @@ import socket
 import stat
 import threading
 import time
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from concurrent.futures import ThreadPoolExecutor
 from contextlib import contextmanager
 from dataclasses import dataclass
@@ -73,10 +73,15 @@ class EdgeAgentServicer(pb2_grpc.EdgeAgentServicer):
         self.metrics = metrics
 
     @contextmanager
-    def _rpc(self, name: str, context: grpc.ServicerContext) -> Iterator[None]:
+    def _rpc(self, name: str, context: grpc.ServicerContext, request: Any = None) -> Iterator[None]:
         code = grpc.StatusCode.OK
         message = ""
         try:
+            if isinstance(request, Undecodable):
+                raise InvalidArgumentError(
+                    f"the {request.message_type} could not be decoded ({request.reason}). Send a valid message of "
+                    "the Edge Agent API; string fields such as model_component must be valid UTF-8."
+                )
             yield
         except EdgeAgentError as exc:
             code, message = status_for(exc), str(exc)
@@ -93,19 +98,19 @@ class EdgeAgentServicer(pb2_grpc.EdgeAgentServicer):
     # -- lifecycle RPCs -------------------------------------------------------------------
 
     def StartModel(self, request: pb2.StartModelRequest, context: grpc.ServicerContext) -> pb2.StartModelResponse:
-        with self._rpc("StartModel", context):
+        with self._rpc("StartModel", context, request):
             state = self.manager.start(request.model_component)
             return pb2.StartModelResponse(status=int(state))
         raise AssertionError("unreachable")  # context.abort raised
 
     def StopModel(self, request: pb2.StopModelRequest, context: grpc.ServicerContext) -> pb2.StopModelResponse:
-        with self._rpc("StopModel", context):
+        with self._rpc("StopModel", context, request):
             state = self.manager.stop(request.model_component)
             return pb2.StopModelResponse(status=int(state))
         raise AssertionError("unreachable")
 
     def ListModels(self, request: pb2.ListModelsRequest, context: grpc.ServicerContext) -> pb2.ListModelsResponse:
-        with self._rpc("ListModels", context):
+        with self._rpc("ListModels", context, request):
             models = [
                 pb2.ModelMetadata(model_component=info.name, lookout_vision_model_arn=info.arn,
                                   status=int(info.state), status_message=info.status_message)
@@ -117,7 +122,7 @@ class EdgeAgentServicer(pb2_grpc.EdgeAgentServicer):
     def DescribeModel(
         self, request: pb2.DescribeModelRequest, context: grpc.ServicerContext
     ) -> pb2.DescribeModelResponse:
-        with self._rpc("DescribeModel", context):
+        with self._rpc("DescribeModel", context, request):
             info = self.manager.describe(request.model_component)
             return pb2.DescribeModelResponse(model_description=pb2.ModelDescription(
                 model_component=info.name, lookout_vision_model_arn=info.arn,
@@ -129,7 +134,7 @@ class EdgeAgentServicer(pb2_grpc.EdgeAgentServicer):
     def DetectAnomalies(
         self, request: pb2.DetectAnomaliesRequest, context: grpc.ServicerContext
     ) -> pb2.DetectAnomaliesResponse:
-        with self._rpc("DetectAnomalies", context):
+        with self._rpc("DetectAnomalies", context, request):
             started = time.perf_counter()
             name = validate_component_name(request.model_component)
             mask_segment = _mask_segment(request)
@@ -243,6 +248,41 @@ class AgentServer:
         self.manager.close()
 
 
+@dataclass(frozen=True)
+class Undecodable:
+    """Stands in for a request whose bytes are not a valid message (the servicer answers INVALID_ARGUMENT)."""
+
+    message_type: str
+    reason: str
+
+
+def _tolerant(message_class: Any) -> Callable[[bytes], Any]:
+    """A deserializer that never raises: gRPC would answer a parse failure with INTERNAL."""
+
+    def deserialize(data: bytes) -> Any:
+        try:
+            return message_class.FromString(data)
+        except Exception as exc:  # DecodeError, or invalid UTF-8 in a string field
+            return Undecodable(message_class.DESCRIPTOR.name, str(exc) or type(exc).__name__)
+
+    return deserialize
+
+
+def _register(servicer: EdgeAgentServicer, server: grpc.Server) -> None:
+    """Registers the five RPCs, as the generated code does, but with tolerant deserializers."""
+    service = pb2.DESCRIPTOR.services_by_name["EdgeAgent"]
+    handlers = {}
+    for method in service.methods:
+        request_class = getattr(pb2, method.input_type.name)
+        response_class = getattr(pb2, method.output_type.name)
+        handlers[method.name] = grpc.unary_unary_rpc_method_handler(
+            getattr(servicer, method.name),
+            request_deserializer=_tolerant(request_class),
+            response_serializer=response_class.SerializeToString,
+        )
+    server.add_generic_rpc_handlers((grpc.method_handlers_generic_handler(service.full_name, handlers),))
+
+
 def create_server(
     manager: ModelManager,
     addresses: list[str],
@@ -267,7 +307,7 @@ def create_server(
         maximum_concurrent_rpcs=max_concurrent_rpcs,
     )
     servicer = EdgeAgentServicer(manager, metrics)
-    pb2_grpc.add_EdgeAgentServicer_to_server(servicer, server)
+    _register(servicer, server)
     health_servicer = health.HealthServicer(experimental_non_blocking=True)
     health_pb2_grpc.add_HealthServicer_to_server(health_servicer, server)
 
