@@ -36,6 +36,12 @@ def _cmd_serve(args: argparse.Namespace) -> int:
         config.socket_path = args.socket
     if args.tcp:
         config.tcp_address = args.tcp
+    for name in ("tls_cert", "tls_key", "tls_client_ca"):
+        if getattr(args, name):
+            setattr(config, name, getattr(args, name))
+    if bool(config.tls_cert) != bool(config.tls_key):
+        LOGGER.error("--tls-cert and --tls-key go together")
+        return 2
     if args.socket_group:
         config.socket_group = args.socket_group
     if args.models_dir:
@@ -203,7 +209,12 @@ def build_parser() -> argparse.ArgumentParser:
     serve.add_argument("--socket", help=f"unix socket path (default {DEFAULT_SOCKET_PATH})")
     serve.add_argument("--socket-group", metavar="GROUP",
                        help="group that owns the socket; its members may connect (mode 0660)")
-    serve.add_argument("--tcp", metavar="HOST:PORT", help="also listen on TCP (off by default; no TLS yet)")
+    serve.add_argument("--tcp", metavar="[HOST:]PORT",
+                       help="also listen on TCP (off by default; a bare PORT binds loopback only)")
+    serve.add_argument("--tls-cert", metavar="PEM", help="TLS certificate chain for the TCP listener")
+    serve.add_argument("--tls-key", metavar="PEM", help="TLS private key for the TCP listener")
+    serve.add_argument("--tls-client-ca", metavar="PEM",
+                       help="require TCP clients to present a certificate signed by this CA")
     serve.add_argument("--models-dir", action="append", metavar="DIR",
                        help="directory of model components (repeatable; default: the demo models)")
     serve.add_argument("--backend", choices=["auto", "onnxruntime"], help="inference engine (default auto)")

@@ -37,7 +37,10 @@ class AgentConfig:
     """
 
     socket_path: str = DEFAULT_SOCKET_PATH
-    tcp_address: str | None = None
+    tcp_address: str | None = None  # PORT (loopback) or HOST:PORT; off by default
+    tls_cert: str | None = None  # PEM certificate chain for the TCP listener
+    tls_key: str | None = None
+    tls_client_ca: str | None = None  # when set, TCP clients must present a certificate it signed
     models_dirs: list[Path] = field(default_factory=list)
     backend: str = "auto"
     worker_threads: int = DEFAULT_WORKER_THREADS
@@ -68,6 +71,9 @@ class AgentConfig:
             config.models_dirs = [Path(p) for p in value.split(":") if p]
         if (value := get("backend")) is not None:
             config.backend = value
+        for name in ("tls_cert", "tls_key", "tls_client_ca"):
+            if (value := get(name)) is not None:
+                setattr(config, name, value)
         if (value := get("socket_group")) is not None:
             config.socket_group = value
         if (value := get("metrics_address")) is not None:

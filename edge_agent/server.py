@@ -290,8 +290,11 @@ def create_server(
     worker_threads: int,
     max_concurrent_rpcs: int,
     metrics: AgentMetrics | None = None,
+    tls: grpc.ServerCredentials | None = None,
 ) -> AgentServer:
     """Builds the gRPC server bound to ``addresses`` (``unix:PATH`` or ``HOST:PORT``), not started.
+
+    ``tls`` secures the TCP addresses; the unix socket is protected by its file permissions.
 
     Raises:
         OSError: when an address cannot be bound.
@@ -322,12 +325,13 @@ def create_server(
 
     manager.add_listener(on_state)
     for address in addresses:
+        secure = tls is not None and not address.startswith("unix:")
         try:
-            port = server.add_insecure_port(address)
+            port = server.add_secure_port(address, tls) if secure else server.add_insecure_port(address)
         except RuntimeError as exc:
             raise OSError(f"cannot listen on {address}: {exc}") from None
         if port == 0:
-            raise OSError(f"cannot listen on {address}")
+            raise OSError(f"cannot listen on {address}: the address is in use or not valid here")
     return AgentServer(server, servicer, health_servicer, manager, list(addresses))
 
 
@@ -369,6 +373,36 @@ def prepare_socket_path(path: str) -> None:
     )
 
 
+def tcp_address(value: str) -> str:
+    """``PORT`` means loopback only; ``HOST:PORT`` (or ``[IPv6]:PORT``) binds where told."""
+    if value.isdigit():
+        return f"127.0.0.1:{value}"
+    host, sep, port = value.rpartition(":")
+    if not sep or not host or not port.isdigit():
+        raise OSError(f"--tcp {value!r} is not PORT or HOST:PORT (for example 127.0.0.1:50051).")
+    return value
+
+
+def tls_credentials(cert: str, key: str, client_ca: str | None = None) -> grpc.ServerCredentials:
+    """Server TLS from PEM files; with ``client_ca``, clients must present a certificate it signed.
+
+    Raises:
+        OSError: naming the file that cannot be read.
+    """
+    def read(path: str, what: str) -> bytes:
+        try:
+            with open(path, "rb") as handle:
+                return handle.read()
+        except OSError as exc:
+            raise OSError(f"cannot read the TLS {what} {path}: {exc.strerror}") from None
+
+    chain = read(cert, "certificate")
+    private_key = read(key, "private key")
+    root = read(client_ca, "client CA") if client_ca else None
+    return grpc.ssl_server_credentials([(private_key, chain)], root_certificates=root,
+                                       require_client_auth=root is not None)
+
+
 def _abandon(agent: AgentServer, socket_path: str) -> None:
     """Undoes a start that cannot complete: nothing may stay bound to the socket path."""
     agent.server.stop(None)
@@ -408,13 +442,19 @@ def run(config: AgentConfig, manager: ModelManager, *, metrics: AgentMetrics | N
     socket_path = config.socket_path
     prepare_socket_path(socket_path)
     addresses = [f"unix:{socket_path}"]
+    tls = None
     if config.tcp_address:
-        addresses.append(config.tcp_address)
+        addresses.append(tcp_address(config.tcp_address))
+        if config.tls_cert and config.tls_key:
+            tls = tls_credentials(config.tls_cert, config.tls_key, config.tls_client_ca)
+        else:
+            LOGGER.warning("listening on TCP %s without TLS: anyone who can reach it can use the agent; "
+                           "pass --tls-cert and --tls-key", addresses[-1])
     # The socket file is born with the configured mode: no moment where others may connect.
     previous_umask = os.umask(0o777 & ~config.socket_mode)
     try:
         agent = create_server(manager, addresses, worker_threads=config.worker_threads,
-                              max_concurrent_rpcs=config.max_concurrent_rpcs, metrics=metrics)
+                              max_concurrent_rpcs=config.max_concurrent_rpcs, metrics=metrics, tls=tls)
     finally:
         os.umask(previous_umask)
     try:
