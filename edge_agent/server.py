@@ -478,7 +478,11 @@ def run(config: AgentConfig, manager: ModelManager, *, metrics: AgentMetrics | N
 
     def on_signal(signum: int, _frame: Any) -> None:
         if stop_requested.is_set():
-            LOGGER.warning("second signal: exiting now")
+            LOGGER.warning("second signal: exiting now, without waiting for calls in flight")
+            try:
+                os.unlink(socket_path)
+            except OSError:
+                pass
             os._exit(1)
         LOGGER.info("received %s: shutting down (grace %.0f s)", signal.Signals(signum).name, config.shutdown_grace_s)
         stop_requested.set()
@@ -489,8 +493,7 @@ def run(config: AgentConfig, manager: ModelManager, *, metrics: AgentMetrics | N
     try:
         stop_requested.wait()
     finally:
-        for sig, handler in previous.items():
-            signal.signal(sig, handler)
+        # Our handler stays in place while draining, so a second signal exits at once.
         agent.stop(config.shutdown_grace_s)
         if metrics_server is not None:
             metrics_server.shutdown()
@@ -499,5 +502,7 @@ def run(config: AgentConfig, manager: ModelManager, *, metrics: AgentMetrics | N
             os.unlink(socket_path)
         except FileNotFoundError:
             pass
+        for sig, handler in previous.items():
+            signal.signal(sig, handler)
         LOGGER.info("stopped")
     return 0

@@ -134,3 +134,38 @@ def nan_model(path: Path, size: int = 64) -> Path:
                helper.make_tensor_value_info("anomaly_map", TensorProto.FLOAT, ["batch", 1, size, size])]
     graph = helper.make_graph(nodes, "nan", [_image_input(size)], outputs, initializer=[weight, half, axes])
     return _save(graph, path)
+
+
+def slow_model(path: Path, size: int = 64, repeats: int = 150) -> Path:
+    """The redness model plus a chain of 256x256 matrix products: real work that takes a while.
+
+    The products are folded into the score at a negligible weight, so answers match
+    :func:`anomaly_map_model` while each inference keeps the CPU busy (about a second on two cores).
+    """
+    rng = np.random.default_rng(7)
+    weight = numpy_helper.from_array(REDNESS.reshape(1, 3, 1, 1), "w")
+    mixer = numpy_helper.from_array((rng.standard_normal((256, 256)) / 16).astype(np.float32), "mixer")
+    tiny = numpy_helper.from_array(np.array(1e-9, dtype=np.float32), "tiny")
+    shape = numpy_helper.from_array(np.array([-1, 256], dtype=np.int64), "shape")
+    nodes = [
+        helper.make_node("Conv", ["image", "w"], ["anomaly_map"]),
+        helper.make_node("Reshape", ["image", "shape"], ["rows"]),
+        helper.make_node("Tile", ["rows", "tiles"], ["block0"]),
+    ]
+    current = "block0"
+    for index in range(repeats):
+        nodes.append(helper.make_node("MatMul", [current, "mixer"], [f"p{index}"]))
+        nodes.append(helper.make_node("Tanh", [f"p{index}"], [f"t{index}"]))
+        current = f"t{index}"
+    nodes += [
+        helper.make_node("ReduceMax", [current], ["busy"], keepdims=0),
+        helper.make_node("Mul", ["busy", "tiny"], ["nudge"]),
+        helper.make_node("ReduceMax", ["anomaly_map"], ["peak"], axes=[1, 2, 3], keepdims=0),
+        helper.make_node("Add", ["peak", "nudge"], ["score"]),
+    ]
+    init = [weight, mixer, tiny, shape,
+            numpy_helper.from_array(np.array([24, 1], np.int64), "tiles")]
+    outputs = [helper.make_tensor_value_info("score", TensorProto.FLOAT, ["batch"]),
+               helper.make_tensor_value_info("anomaly_map", TensorProto.FLOAT, ["batch", 1, size, size])]
+    graph = helper.make_graph(nodes, "slow", [_image_input(size)], outputs, initializer=init)
+    return _save(graph, path)
