@@ -371,7 +371,8 @@ class ModelManager:
             state, message, manifest = ModelState.FAILED, str(exc), None
         except Exception as exc:
             LOGGER.exception("model %s: unexpected error while loading", name)
-            state, message, manifest = ModelState.FAILED, f"Unexpected error while loading: {exc!r}. See the agent log.", None
+            message = f"Unexpected error while loading: {exc!r}. See the agent log."
+            state, manifest = ModelState.FAILED, None
 
         with self._lock:
             entry = self._entries.get(name)

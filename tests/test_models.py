@@ -12,9 +12,8 @@ import numpy as np
 import pytest
 
 from edge_agent.backends import OnnxRuntimeProvider
-from edge_agent.engines.base import Backend
+from edge_agent.engines.base import Backend, MemoryInfo
 from edge_agent.engines.onnxruntime import OnnxRuntimeBackend
-from edge_agent.engines.base import MemoryInfo
 from edge_agent.errors import InvalidArgumentError, ModelNotFoundError, ResourceExhaustedError, WrongStateError
 from edge_agent.imaging import frame_from_bytes
 from edge_agent.manifest import Manifest

@@ -13,11 +13,12 @@ import subprocess
 import sys
 from pathlib import Path
 
-import edge_agent_pb2 as pb2
-import edge_agent_pb2_grpc as pb2_grpc
 import pytest
 from google.protobuf import descriptor_pb2, descriptor_pool, message_factory
 from google.protobuf.descriptor_pb2 import FieldDescriptorProto as F
+
+import edge_agent_pb2 as pb2
+import edge_agent_pb2_grpc as pb2_grpc
 
 REPO = Path(__file__).resolve().parent.parent
 PROTO_DIR = REPO / "proto"

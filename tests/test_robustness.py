@@ -243,7 +243,7 @@ def test_generated_requests_get_documented_codes_and_agent_keeps_serving(
 
     check()
     assert C.OK in seen or method == "ListModels"
-    assert len(seen) >= 2 or method == "ListModels", seen  # the generator reaches more than one branch  # the generator reaches more than one branch
+    assert len(seen) >= 2 or method == "ListModels", seen  # the generator reaches more than one branch
     for name in ("redness-seg", "colours-seg"):
         state = agent.stub.DescribeModel(pb2.DescribeModelRequest(model_component=name)).model_description.status
         if state != pb2.RUNNING:

@@ -297,7 +297,8 @@ def test_detect_anomalies_reads_and_writes_shared_memory_when_handles_given(
     seg_agent: RunningAgent, mask_field: str, leading_slash: bool
 ) -> None:
     offset = 4096 + 17
-    with OwnedSegment(offset + RED_PATCH.nbytes + 100) as frame_seg, OwnedSegment(offset + RED_PATCH.nbytes) as mask_seg:
+    with OwnedSegment(offset + RED_PATCH.nbytes + 100) as frame_seg, \
+            OwnedSegment(offset + RED_PATCH.nbytes) as mask_seg:
         frame_seg.write(RED_PATCH, offset=offset)
         name = frame_seg.name if leading_slash else frame_seg.name.lstrip("/")
         params = pb2.AnomalyMaskParams()
