@@ -237,6 +237,8 @@ class ModelManager:
                     self._inspect(entry)
                     LOGGER.info("model %s: discovered in %s (%s)", name, path.parent, entry.state.name,
                                 extra=_event(name, "discovered"))
+                    if entry.state is ModelState.FAILED:
+                        LOGGER.error("model %s: failed: %s", name, entry.status_message, extra=_event(name, "failed"))
                     events.append(name)
                 elif entry.state in (ModelState.STOPPED, ModelState.FAILED) and (
                     entry.component_dir != path or entry.signature != _signature(path)
