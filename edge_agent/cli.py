@@ -14,6 +14,7 @@ import grpc
 from edge_agent._version import __version__
 from edge_agent.config import AgentConfig, default_demo_models_dir
 from edge_agent.constants import DEFAULT_SOCKET_PATH
+from edge_agent.errors import EdgeAgentError
 
 LOGGER = logging.getLogger("edge_agent")
 
@@ -26,7 +27,7 @@ LOGGER = logging.getLogger("edge_agent")
 def _cmd_serve(args: argparse.Namespace) -> int:
     from prometheus_client import CollectorRegistry
 
-    from edge_agent.backends import select_provider
+    from edge_agent.backends import Prebuilder
     from edge_agent.metrics import AgentMetrics
     from edge_agent.models import ModelManager
     from edge_agent.server import run
@@ -59,15 +60,81 @@ def _cmd_serve(args: argparse.Namespace) -> int:
         config.models_dirs = [demo_dir]
         _prepare_default_demo_models(demo_dir)
 
-    provider = select_provider(config.backend, intra_op_threads=config.intra_op_threads)
-    manager = ModelManager(config.models_dirs, provider, loader_threads=config.loader_threads)
-    metrics = AgentMetrics(CollectorRegistry(), manager, provider) if config.metrics_port else None
+    if args.cache_dir:
+        config.cache_dir = Path(args.cache_dir)
+    if args.fake_gpu_memory:
+        config.fake_gpu_memory = args.fake_gpu_memory
+    if args.prebuild is not None:
+        config.prebuild = "on" if args.prebuild else "off"
+    if args.memory_headroom:
+        from edge_agent.engines.tensorrt import parse_bytes
+
+        config.memory_headroom_bytes = parse_bytes(args.memory_headroom)
+
+    try:
+        provider = _provider(config)
+    except EdgeAgentError as exc:
+        LOGGER.error("cannot start: %s", exc)
+        return 2
+    manager = ModelManager(config.models_dirs, provider, loader_threads=config.loader_threads,
+                           memory_headroom_bytes=config.memory_headroom_bytes)
+    if config.prebuild == "on" or (config.prebuild == "auto" and provider.kind == "tensorrt"
+                                   and config.fake_gpu_memory is None):
+        Prebuilder(manager, provider).attach()
+    versions = provider.versions() if hasattr(provider, "versions") else {}
+    metrics = AgentMetrics(CollectorRegistry(), manager, provider, versions) if config.metrics_port else None
     try:
         return run(config, manager, metrics=metrics)
     except OSError as exc:
         manager.close()
         LOGGER.error("cannot start: %s", exc)
         return 2
+    finally:
+        if hasattr(provider, "close"):
+            provider.close()
+
+
+def _provider(config: AgentConfig):  # type: ignore[no-untyped-def]
+    from edge_agent.backends import select_provider
+    from edge_agent.engines.tensorrt import parse_bytes
+
+    fake = parse_bytes(config.fake_gpu_memory) if config.fake_gpu_memory else None
+    return select_provider(config.backend, intra_op_threads=config.intra_op_threads, cache_dir=config.cache_dir,
+                           fake_gpu_memory=fake)
+
+
+def _cmd_build_engines(args: argparse.Namespace) -> int:
+    from edge_agent.engines.tensorrt import build_engines
+
+    config = AgentConfig.from_env()
+    if args.models_dir:
+        config.models_dirs = [Path(p) for p in args.models_dir]
+    if args.cache_dir:
+        config.cache_dir = Path(args.cache_dir)
+    if args.fake_gpu_memory:
+        config.fake_gpu_memory = args.fake_gpu_memory
+    if not config.models_dirs:
+        print("error: name the models directories with --models-dir (or EDGE_AGENT_MODELS_DIRS)", file=sys.stderr)
+        return 2
+    config.backend = "tensorrt"
+    try:
+        provider = _provider(config)
+    except EdgeAgentError as exc:
+        print(f"error: {exc}", file=sys.stderr)
+        return 2
+    failed = 0
+    try:
+        for component, outcome in build_engines(provider, config.models_dirs):
+            if isinstance(outcome, EdgeAgentError):
+                failed += 1
+                print(f"{component}: FAILED: {outcome}")
+            elif outcome.built:
+                print(f"{component}: engine built in {outcome.seconds:.1f} s -> {outcome.plan_path}")
+            else:
+                print(f"{component}: up to date ({outcome.plan_path})")
+    finally:
+        provider.close()
+    return 1 if failed else 0
 
 
 def _prepare_default_demo_models(demo_dir: Path) -> None:
@@ -90,6 +157,48 @@ def _cmd_demo_models(args: argparse.Namespace) -> int:
         for path in demo.write_demo_samples(Path(args.samples)):
             print(path)
     return 0
+
+
+def _cmd_package_model(args: argparse.Namespace) -> int:
+    from edge_agent.packaging import DEFAULT_AGENT_COMPONENT, package_model
+
+    packaged = package_model(Path(args.directory), Path(args.out), version=args.version, name=args.name,
+                             s3_prefix=args.s3_prefix, agent_component=args.agent_component or DEFAULT_AGENT_COMPONENT,
+                             agent_requirement=args.agent_version_requirement, publisher=args.publisher)
+    if args.json:
+        print(json.dumps({"name": packaged.name, "version": packaged.version, "archive": str(packaged.archive),
+                          "recipe": str(packaged.recipe), "artifact_uri": packaged.artifact_uri,
+                          "archive_sha256": packaged.archive_sha256, "files": list(packaged.files)}, indent=2))
+        return 0
+    print(f"archive: {packaged.archive} ({len(packaged.files)} files, sha256 {packaged.archive_sha256})")
+    print(f"recipe:  {packaged.recipe}")
+    print(f"cloud:   upload the archive to {packaged.artifact_uri}, then "
+          f"aws greengrassv2 create-component-version --inline-recipe fileb://{packaged.recipe}")
+    print(f"local:   sudo /greengrass/v2/bin/greengrass-cli deployment create --recipeDir {packaged.recipe.parent} "
+          f"--artifactDir {Path(args.out) / 'artifacts'} --merge {packaged.name}={packaged.version}")
+    return 0
+
+
+def _cmd_health(args: argparse.Namespace) -> int:
+    import os
+
+    from grpc_health.v1 import health_pb2, health_pb2_grpc
+
+    # The serve environment (EDGE_AGENT_SOCKET_PATH) names the socket, so a container's HEALTHCHECK needs no flags.
+    target = args.address or os.environ.get("EDGE_AGENT_SOCKET_PATH") or DEFAULT_SOCKET_PATH
+    if target.startswith("/"):
+        target = f"unix://{target}"
+    label = f"{target} service {args.service!r}" if args.service else target
+    with grpc.insecure_channel(target) as channel:
+        try:
+            response = health_pb2_grpc.HealthStub(channel).Check(
+                health_pb2.HealthCheckRequest(service=args.service), timeout=args.timeout)
+        except grpc.RpcError as exc:
+            print(f"{label}: {exc.code().name}: {exc.details()}", file=sys.stderr)
+            return 1
+    status = health_pb2.HealthCheckResponse.ServingStatus.Name(response.status)
+    print(f"{label}: {status}")
+    return 0 if response.status == health_pb2.HealthCheckResponse.SERVING else 1
 
 
 # -- client commands ----------------------------------------------------------------------------
@@ -217,18 +326,54 @@ def build_parser() -> argparse.ArgumentParser:
                        help="require TCP clients to present a certificate signed by this CA")
     serve.add_argument("--models-dir", action="append", metavar="DIR",
                        help="directory of model components (repeatable; default: the demo models)")
-    serve.add_argument("--backend", choices=["auto", "onnxruntime"], help="inference engine (default auto)")
+    serve.add_argument("--backend", choices=["auto", "tensorrt", "onnxruntime"],
+                       help="inference engine (default auto: TensorRT when it and a GPU are usable)")
+    serve.add_argument("--cache-dir", metavar="DIR", help="TensorRT engine cache (default ~/.cache/edge-agent/engines)")
+    serve.add_argument("--fake-gpu-memory", metavar="SIZE",
+                       help="run the TensorRT path on a fake GPU of this size (e.g. 512MiB), for trying it without one")
+    serve.add_argument("--memory-headroom", metavar="SIZE",
+                       help="device memory StartModel keeps free for the rest of the system (e.g. 256MiB)")
+    serve.add_argument("--prebuild", action=argparse.BooleanOptionalAction, default=None,
+                       help="build missing TensorRT engines in the background as components are discovered "
+                            "(default: on with a real GPU)")
     serve.add_argument("--workers", type=int, help="gRPC worker threads")
     serve.add_argument("--metrics-port", type=int, default=None,
                        help="Prometheus metrics port (default 9464; 0 turns metrics off)")
     serve.add_argument("--metrics-address", default=None, help="address the metrics endpoint binds (default 0.0.0.0)")
     serve.set_defaults(func=_cmd_serve)
 
+    build = commands.add_parser("build-engines", help="build the TensorRT engine of every component for this GPU")
+    build.add_argument("--models-dir", action="append", metavar="DIR", help="directory of model components (repeatable)")
+    build.add_argument("--cache-dir", metavar="DIR", help="TensorRT engine cache (default ~/.cache/edge-agent/engines)")
+    build.add_argument("--fake-gpu-memory", metavar="SIZE", help="build for the fake GPU (for trying without one)")
+    build.set_defaults(func=_cmd_build_engines)
+
     demo = commands.add_parser("demo-models", help="build the demo model components into DIR")
     demo.add_argument("directory", metavar="DIR")
     demo.add_argument("--force", action="store_true", help="rebuild even if present")
     demo.add_argument("--samples", metavar="DIR", help="also write sample images (good and defective) there")
     demo.set_defaults(func=_cmd_demo_models)
+
+    package = commands.add_parser("package-model", help="turn a model component directory into a Greengrass "
+                                  "v2 component (archive and recipe)")
+    package.add_argument("directory", metavar="DIR", help="model component directory (manifest.json and model)")
+    package.add_argument("--version", required=True, help="component version, MAJOR.MINOR.PATCH")
+    package.add_argument("--name", help="component name, the model_component clients pass (default: DIR's name)")
+    package.add_argument("--out", required=True, metavar="OUT", help="writes OUT/recipes and OUT/artifacts")
+    package.add_argument("--s3-prefix", metavar="s3://BUCKET/PREFIX", help="where the archive will be uploaded")
+    package.add_argument("--agent-component", help="the agent's Greengrass component (default edgeagent.EdgeAgent)")
+    package.add_argument("--agent-version-requirement", metavar="RANGE",
+                         help="agent versions the model needs (default: this version up to the next major)")
+    package.add_argument("--publisher", default="edge-agent package-model", help="the recipe's ComponentPublisher")
+    package.add_argument("--json", action="store_true", help="print what was written as JSON")
+    package.set_defaults(func=_cmd_package_model)
+
+    health = commands.add_parser("health", help="ask a running agent's gRPC health service; exit 0 when SERVING")
+    health.add_argument("--address", default=None, help="unix:PATH, a socket path or HOST:PORT (default "
+                        f"$EDGE_AGENT_SOCKET_PATH, else {DEFAULT_SOCKET_PATH})")
+    health.add_argument("--service", default="", help="a model component's name; empty: the agent itself")
+    health.add_argument("--timeout", type=float, default=3.0, help="seconds")
+    health.set_defaults(func=_cmd_health)
 
     def client_command(name: str, help_text: str):  # type: ignore[no-untyped-def]
         sub = commands.add_parser(name, help=help_text)

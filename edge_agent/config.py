@@ -53,6 +53,10 @@ class AgentConfig:
     metrics_port: int = DEFAULT_METRICS_PORT  # 0 turns the HTTP endpoint off
     metrics_address: str = "0.0.0.0"
     log_format: str = "text"  # or "json"
+    cache_dir: Path | None = None  # TensorRT engines; None: ~/.cache/edge-agent/engines
+    fake_gpu_memory: str | None = None  # e.g. "512MiB": TensorRT on the fake GPU
+    prebuild: str = "auto"  # build missing engines when components are discovered: auto|on|off
+    memory_headroom_bytes: int = 0  # device memory StartModel leaves free for the rest of the system
 
     @classmethod
     def from_env(cls, environ: dict[str, str] | None = None) -> AgentConfig:
@@ -74,6 +78,16 @@ class AgentConfig:
         for name in ("tls_cert", "tls_key", "tls_client_ca"):
             if (value := get(name)) is not None:
                 setattr(config, name, value)
+        if (value := get("cache_dir")) is not None:
+            config.cache_dir = Path(value)
+        if (value := get("fake_gpu_memory")) is not None:
+            config.fake_gpu_memory = value
+        if (value := get("prebuild")) is not None:
+            config.prebuild = value
+        if (value := get("memory_headroom_bytes")) is not None:
+            from edge_agent.engines.tensorrt import parse_bytes
+
+            config.memory_headroom_bytes = parse_bytes(value)
         if (value := get("socket_group")) is not None:
             config.socket_group = value
         if (value := get("metrics_address")) is not None:

@@ -54,6 +54,7 @@ class BackendProvider(Protocol):
     """Makes backends for manifests; one per agent (ONNX Runtime, TensorRT...)."""
 
     kind: str
+    description: str  # what runs the models, for logs and status messages
 
     def create(self, manifest: Manifest) -> Backend: ...
 
@@ -324,7 +325,7 @@ class ModelManager:
             self._admit(name, needed)
             entry.reserved_bytes = needed
             entry.state = ModelState.STARTING
-            entry.status_message = f"Loading with {self.provider.kind}."
+            entry.status_message = f"Loading with {self.provider.description}."
             component_dir = entry.component_dir
         LOGGER.info("model %s: starting (%s)", name, self.provider.kind, extra=_event(name, "starting"))
         self._publish(name)
@@ -367,7 +368,8 @@ class ModelManager:
                 backend.unload()
                 raise
             elapsed = time.perf_counter() - started
-            message = f"Running on {backend.kind} ({report.source}), loaded in {elapsed:.2f} s."
+            message = (f"Running on {self.provider.description} (backend {backend.kind}, from {report.source}), "
+                       f"loaded in {elapsed:.2f} s.")
             state = ModelState.RUNNING
         except EdgeAgentError as exc:
             state, message, manifest = ModelState.FAILED, str(exc), None
@@ -388,7 +390,6 @@ class ModelManager:
                     entry.load_seconds = elapsed
                 if manifest is not None:
                     entry.arn = manifest.lookout_vision_model_arn
-            self._changed.notify_all()
         if runner is not None and (closing or entry is None):
             runner.backend.unload()
         if state is ModelState.RUNNING and not closing:
@@ -397,6 +398,24 @@ class ModelManager:
             LOGGER.error("model %s: failed: %s", name, message, extra=_event(name, "failed"))
         if entry is not None:
             self._publish(name)
+        # Waiters (wait_for) wake once listeners (health, metrics) already reflect the new state.
+        with self._lock:
+            self._changed.notify_all()
+
+    def set_idle_status(self, name: str, message: str, *, failed: bool = False) -> None:
+        """Updates an idle (STOPPED or FAILED) component's status, e.g. after an engine build ahead of need.
+
+        Does nothing when the component is starting, running or stopping: its own load wins.
+        """
+        with self._lock:
+            entry = self._entries.get(name)
+            if entry is None or entry.state not in (ModelState.STOPPED, ModelState.FAILED):
+                return
+            entry.state = ModelState.FAILED if failed else ModelState.STOPPED
+            entry.status_message = message
+        if failed:
+            LOGGER.error("model %s: failed: %s", name, message, extra=_event(name, "failed"))
+        self._publish(name)
 
     def stop(self, name: str) -> ModelState:
         """Stops a RUNNING model once its in-flight requests have finished."""
@@ -430,9 +449,10 @@ class ModelManager:
         with self._lock:
             entry.state = ModelState.STOPPED
             entry.status_message = message
-            self._changed.notify_all()
         LOGGER.info("model %s: stopped", entry.name, extra=_event(entry.name, "stopped"))
         self._publish(entry.name)
+        with self._lock:
+            self._changed.notify_all()
 
     @contextmanager
     def serving(self, name: str) -> Iterator[ModelRunner]:

@@ -14,7 +14,7 @@ import pytest
 import edge_agent_pb2 as pb2
 import edge_agent_pb2_grpc as pb2_grpc
 from edge_agent.backends import OnnxRuntimeProvider
-from edge_agent.models import ModelManager
+from edge_agent.models import BackendProvider, ModelManager
 from edge_agent.server import AgentServer, create_server
 from tests import model_factory
 
@@ -61,8 +61,9 @@ def models_dir(tmp_path: Path) -> Path:
     return directory
 
 
-def start_agent(models_dirs: list[Path], socket_dir: Path, **kwargs: object) -> RunningAgent:
-    manager = ModelManager(models_dirs, OnnxRuntimeProvider(intra_op_threads=1))
+def start_agent(models_dirs: list[Path], socket_dir: Path, provider: BackendProvider | None = None,
+                **kwargs: object) -> RunningAgent:
+    manager = ModelManager(models_dirs, provider or OnnxRuntimeProvider(intra_op_threads=1))
     socket_path = str(socket_dir / "agent.sock")
     agent = create_server(manager, [f"unix:{socket_path}"], worker_threads=8, max_concurrent_rpcs=32,
                           **kwargs)  # type: ignore[arg-type]
