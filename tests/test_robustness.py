@@ -267,3 +267,68 @@ def test_shared_memory_name_never_reaches_outside_dev_shm(agent: RunningAgent, t
         with pytest.raises(grpc.RpcError) as info:
             agent.stub.DetectAnomalies(request)
         assert info.value.code() is C.INVALID_ARGUMENT
+
+
+def _truncate(path: Path) -> None:
+    data = path.read_bytes()
+    path.write_bytes(data[: len(data) // 2])
+
+
+def _score_is_map(directory: Path) -> None:
+    import json
+
+    manifest = json.loads((directory / "manifest.json").read_text())
+    manifest["outputs"]["image_score"] = "anomaly_map"  # a whole map where one score per image belongs
+    (directory / "manifest.json").write_text(json.dumps(manifest))
+
+
+def _wrong_type(directory: Path) -> None:
+    import json
+
+    manifest = json.loads((directory / "manifest.json").read_text())
+    manifest["input"]["width"] = "64"
+    (directory / "manifest.json").write_text(json.dumps(manifest))
+
+
+def _wrong_size(directory: Path) -> None:
+    import json
+
+    manifest = json.loads((directory / "manifest.json").read_text())
+    manifest["input"]["width"] = 128  # the model's input is 64 wide
+    (directory / "manifest.json").write_text(json.dumps(manifest))
+
+
+BROKEN_MODELS = {
+    "truncated-onnx": (lambda d: _truncate(d / "model.onnx"), "model.onnx"),
+    "not-onnx": (lambda d: (d / "model.onnx").write_text("this is a README, not a model"), "model.onnx"),
+    "empty-onnx": (lambda d: (d / "model.onnx").write_bytes(b""), "model.onnx"),
+    "score-is-a-map": (_score_is_map, "model.onnx"),
+    "manifest-wrong-type": (_wrong_type, "manifest.json"),
+    "input-size-mismatch": (_wrong_size, "model.onnx"),
+}
+
+
+@pytest.mark.parametrize("breakage", sorted(BROKEN_MODELS))
+def test_broken_model_files_leave_that_model_failed_naming_the_file_and_others_serving(
+    models_dir: Path, short_tmp: Path, breakage: str
+) -> None:
+    from edge_agent.models import ModelState
+
+    damage, culprit = BROKEN_MODELS[breakage]
+    damage(models_dir / "redness-cls")
+    running = start_agent([models_dir], short_tmp)
+    try:
+        assert running.start_and_wait("redness-seg").status == pb2.RUNNING
+        try:
+            running.stub.StartModel(pb2.StartModelRequest(model_component="redness-cls"))
+        except grpc.RpcError as exc:  # a manifest broken at discovery is FAILED already; starting retries it
+            pytest.fail(f"StartModel on a FAILED component must be allowed: {exc.details()}")
+        running.manager.wait_for("redness-cls", [ModelState.FAILED, ModelState.RUNNING], 30)
+        description = running.stub.DescribeModel(
+            pb2.DescribeModelRequest(model_component="redness-cls")).model_description
+        assert description.status == pb2.FAILED
+        assert f"redness-cls/{culprit}" in description.status_message, description.status_message
+        assert_still_serving(running)
+    finally:
+        running.channel.close()
+        running.agent.stop(1.0)
