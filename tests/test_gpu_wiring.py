@@ -171,3 +171,52 @@ def test_build_engines_command_fails_when_a_component_is_broken(models_dir: Path
     out = capsys.readouterr().out
     assert code == 1
     assert "redness-cls: FAILED" in out and out.count("engine built") == 2
+
+
+def test_random_start_stop_detect_on_the_fake_gpu_returns_memory_to_baseline(
+    models_dir: Path, tmp_path: Path
+) -> None:
+    import random
+    import threading
+
+    from edge_agent.errors import ResourceExhaustedError, WrongStateError
+    from edge_agent.imaging import frame_from_bytes
+
+    # Estimates include the build workspace, so admissions may refuse; they must never overcommit.
+    provider = fake_gpu_provider(GPU_BYTES, tmp_path / "engines", build_in_subprocess=False)
+    baseline = _allocated(provider)
+    manager = ModelManager([models_dir], provider)
+    frame = frame_from_bytes(96, 80, FRAME.tobytes())
+    unexpected: list[BaseException] = []
+
+    def worker(seed: int) -> None:
+        rng = random.Random(seed)
+        for _ in range(40):
+            name = rng.choice(["redness-seg", "redness-cls", "colours-seg"])
+            action = rng.choice(["start", "stop", "detect", "detect", "detect"])
+            try:
+                if action == "start":
+                    manager.start(name)
+                elif action == "stop":
+                    manager.stop(name)
+                else:
+                    with manager.serving(name) as runner:
+                        runner.detect(frame)
+            except (WrongStateError, ResourceExhaustedError):
+                pass
+            except BaseException as exc:
+                unexpected.append(exc)
+
+    threads = [threading.Thread(target=worker, args=(seed,)) for seed in range(6)]
+    try:
+        for thread in threads:
+            thread.start()
+        for thread in threads:
+            thread.join(180)
+        assert not any(t.is_alive() for t in threads), "deadlock"
+        assert not unexpected, unexpected[:3]
+        assert _allocated(provider) <= GPU_BYTES
+    finally:
+        manager.close()
+        provider.close()
+    assert _allocated(provider) == baseline
