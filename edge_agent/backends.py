@@ -29,15 +29,19 @@ class OnnxRuntimeProvider:
 
     kind = "onnxruntime"
 
-    def __init__(self, intra_op_threads: int = 0) -> None:
+    def __init__(self, intra_op_threads: int = 0, *, isolate_loads: bool = True) -> None:
         self.intra_op_threads = intra_op_threads
+        # Load each new model file once in a child process first: a file that crashes ONNX
+        # Runtime then fails its model instead of the agent.
+        self.isolate_loads = isolate_loads
         self.description = "ONNX Runtime on the CPU"
 
     def create(self, manifest: Manifest) -> Backend:
         from edge_agent.engines.onnxruntime import OnnxRuntimeBackend
 
         return OnnxRuntimeBackend(
-            manifest.model_file, label=manifest.component_dir.name, intra_op_threads=self.intra_op_threads
+            manifest.model_file, label=manifest.component_dir.name, intra_op_threads=self.intra_op_threads,
+            isolate_load=self.isolate_loads,
         )
 
     def estimate_bytes(self, manifest: Manifest) -> int:

@@ -4,6 +4,10 @@ from __future__ import annotations
 
 import logging
 import os
+import signal
+import subprocess
+import sys
+import threading
 from collections.abc import Mapping
 from pathlib import Path
 from typing import Any
@@ -29,13 +33,64 @@ _ORT_TYPES: dict[str, Any] = {
 }
 
 
+# Loads ONNX Runtime and the model the way the agent does, in a throw-away process.
+PROBE_CODE = """
+import sys
+import onnxruntime as ort
+options = ort.SessionOptions()
+options.log_severity_level = 3
+ort.InferenceSession(sys.argv[1], sess_options=options, providers=["CPUExecutionProvider"])
+"""
+PROBE_TIMEOUT_S = 300.0
+_probed_lock = threading.Lock()  # guards _probed
+_probed: set[tuple[str, int, int]] = set()  # (path, size, mtime) of files that loaded in a probe
+
+
+def probe_in_child(path: Path, *, code: str = PROBE_CODE, timeout_s: float = PROBE_TIMEOUT_S) -> None:
+    """Loads the model once in a child process before the agent loads it in its own.
+
+    A model file that crashes ONNX Runtime (a malformed graph can), or whose load the kernel
+    kills for memory, then fails that model instead of taking the agent and every other
+    model down. A file that loaded once is not probed again until it changes.
+
+    Raises:
+        ModelLoadError: the child died by a signal or ran out of time.
+    """
+    info = os.stat(path)
+    key = (str(Path(path).resolve()), info.st_size, info.st_mtime_ns)
+    with _probed_lock:
+        if key in _probed:
+            return
+    try:
+        result = subprocess.run([sys.executable, "-c", code, str(path)], capture_output=True, text=True,
+                                timeout=timeout_s, check=False)
+    except subprocess.TimeoutExpired:
+        raise ModelLoadError(
+            f"{path}: loading this model took more than {timeout_s:.0f} s in a test process; the agent did not "
+            "load it. Check the model's size, or simplify the graph."
+        ) from None
+    if result.returncode < 0:
+        name = signal.Signals(-result.returncode).name
+        cause = " (the kernel's OOM killer sends this when memory runs out)" if name == "SIGKILL" else ""
+        raise ModelLoadError(
+            f"{path}: ONNX Runtime was killed by {name}{cause} while loading this model in a test process; the "
+            "agent did not load it, so it keeps serving the other models. Re-export the model, or free memory."
+        )
+    if result.returncode == 0:
+        with _probed_lock:
+            _probed.add(key)
+    # A plain failure (an exception in the child) is reported by the in-process load itself.
+
+
 class OnnxRuntimeBackend(Backend):
     """Runs an ONNX file with ONNX Runtime's CPU execution provider."""
 
     kind = "onnxruntime"
 
-    def __init__(self, model_path: Path, *, label: str | None = None, intra_op_threads: int = 0) -> None:
+    def __init__(self, model_path: Path, *, label: str | None = None, intra_op_threads: int = 0,
+                 isolate_load: bool = False) -> None:
         super().__init__(model_path, label=label)
+        self._isolate_load = isolate_load
         self._intra_op_threads = intra_op_threads
         self._session: ort.InferenceSession | None = None
         # Keep total threads near the core count: with intra-op threads on every core (0, the
@@ -44,6 +99,8 @@ class OnnxRuntimeBackend(Backend):
         self.max_concurrency = max(1, cores // intra_op_threads) if intra_op_threads > 0 else 1
 
     def _load_impl(self) -> LoadReport:
+        if self._isolate_load:
+            probe_in_child(self.model_path)
         options = ort.SessionOptions()
         options.graph_optimization_level = ort.GraphOptimizationLevel.ORT_ENABLE_ALL
         options.intra_op_num_threads = self._intra_op_threads

@@ -44,7 +44,7 @@ class ReportingProvider(OnnxRuntimeProvider):
     TOTAL = 1 << 30
 
     def __init__(self) -> None:
-        super().__init__(intra_op_threads=1)
+        super().__init__(intra_op_threads=1, isolate_loads=False)
         self.backends: list[Backend] = []
 
     def create(self, manifest: Manifest) -> Backend:

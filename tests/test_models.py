@@ -27,7 +27,7 @@ class CountingProvider(OnnxRuntimeProvider):
     """ONNX Runtime backends that record loads, unloads and overlapping loads, and can be gated."""
 
     def __init__(self) -> None:
-        super().__init__(intra_op_threads=1)
+        super().__init__(intra_op_threads=1, isolate_loads=False)
         self.lock = threading.Lock()
         self.loads: Counter[str] = Counter()
         self.unloads: Counter[str] = Counter()

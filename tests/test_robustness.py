@@ -332,3 +332,37 @@ def test_broken_model_files_leave_that_model_failed_naming_the_file_and_others_s
     finally:
         running.channel.close()
         running.agent.stop(1.0)
+
+
+def test_model_whose_load_crashes_the_runtime_fails_alone(models_dir: Path, tmp_path: Path) -> None:
+    from edge_agent.engines import onnxruntime as ort_engine
+    from edge_agent.errors import ModelLoadError
+
+    crash = "import os, signal, sys; os.kill(os.getpid(), signal.SIGSEGV)"
+    with pytest.raises(ModelLoadError, match=r"killed by SIGSEGV .*keeps serving the other models"):
+        ort_engine.probe_in_child(models_dir / "redness-seg" / "model.onnx", code=crash)
+    oom = "import os, signal; os.kill(os.getpid(), signal.SIGKILL)"
+    with pytest.raises(ModelLoadError, match="OOM killer"):
+        ort_engine.probe_in_child(models_dir / "redness-seg" / "model.onnx", code=oom)
+
+
+def test_load_probe_runs_once_per_file_version_and_real_loads_pass(models_dir: Path, short_tmp: Path) -> None:
+    from edge_agent.backends import OnnxRuntimeProvider
+    from edge_agent.engines import onnxruntime as ort_engine
+    from edge_agent.models import ModelState
+
+    running = start_agent([models_dir], short_tmp, provider=OnnxRuntimeProvider(intra_op_threads=1))
+    try:
+        assert running.start_and_wait("redness-seg").status == pb2.RUNNING
+        path = str((models_dir / "redness-seg" / "model.onnx").resolve())
+        assert any(key[0] == path for key in ort_engine._probed)
+        # A file that does not load at all fails with the in-process message, not a crash report.
+        (models_dir / "redness-cls" / "model.onnx").write_bytes(b"garbage")
+        running.stub.StartModel(pb2.StartModelRequest(model_component="redness-cls"))
+        running.manager.wait_for("redness-cls", [ModelState.FAILED, ModelState.RUNNING], 60)
+        message = running.manager.describe("redness-cls").status_message
+        assert "ONNX Runtime cannot load this model" in message
+        assert_still_serving(running)
+    finally:
+        running.channel.close()
+        running.agent.stop(1.0)

@@ -88,7 +88,7 @@ def _port() -> int:
 @pytest.fixture
 def tls_agent(models_dir: Path, short_tmp: Path, pki: Pki, request: pytest.FixtureRequest) -> Iterator[int]:
     mutual = getattr(request, "param", False)
-    manager = ModelManager([models_dir], OnnxRuntimeProvider(intra_op_threads=1))
+    manager = ModelManager([models_dir], OnnxRuntimeProvider(intra_op_threads=1, isolate_loads=False))
     port = _port()
     credentials = tls_credentials(str(pki.server_cert), str(pki.server_key), str(pki.ca_path) if mutual else None)
     agent = create_server(manager, [f"unix:{short_tmp}/agent.sock", f"127.0.0.1:{port}"], worker_threads=4,
