@@ -47,6 +47,11 @@ class OnnxRuntimeProvider:
     def estimate_bytes(self, manifest: Manifest) -> int:
         return manifest.memory_bytes or 0
 
+    def versions(self) -> dict[str, str]:
+        import onnxruntime
+
+        return {"onnxruntime": onnxruntime.__version__}
+
     def memory_info(self) -> MemoryInfo | None:
         # Host memory is not admission-checked on the CPU backend: the kernel shares it with
         # everything else and a model's footprint is close to its file size.

@@ -5,6 +5,7 @@ from __future__ import annotations
 import argparse
 import json
 import logging
+import os
 import sys
 from collections.abc import Sequence
 from pathlib import Path
@@ -51,6 +52,10 @@ def _cmd_serve(args: argparse.Namespace) -> int:
         config.backend = args.backend
     if args.workers:
         config.worker_threads = args.workers
+    if args.max_concurrent_rpcs:
+        config.max_concurrent_rpcs = args.max_concurrent_rpcs
+    if args.max_requests_per_model:
+        config.max_requests_per_model = args.max_requests_per_model
     if args.metrics_port is not None:
         config.metrics_port = args.metrics_port
     if args.metrics_address:
@@ -77,7 +82,8 @@ def _cmd_serve(args: argparse.Namespace) -> int:
         LOGGER.error("cannot start: %s", exc)
         return 2
     manager = ModelManager(config.models_dirs, provider, loader_threads=config.loader_threads,
-                           memory_headroom_bytes=config.memory_headroom_bytes)
+                           memory_headroom_bytes=config.memory_headroom_bytes,
+                           max_requests_per_model=config.max_requests_per_model)
     if config.prebuild == "on" or (config.prebuild == "auto" and provider.kind == "tensorrt"
                                    and config.fake_gpu_memory is None):
         Prebuilder(manager, provider).attach()
@@ -207,7 +213,8 @@ def _cmd_health(args: argparse.Namespace) -> int:
 def _client(args: argparse.Namespace):  # type: ignore[no-untyped-def]
     from edge_agent.client import AgentClient
 
-    return AgentClient(args.address, timeout_s=args.timeout)
+    address = args.address or os.environ.get("EDGE_AGENT_SOCKET_PATH") or None
+    return AgentClient(address, timeout_s=args.timeout)
 
 
 def _status_name(value: int) -> str:
@@ -268,9 +275,21 @@ def _cmd_detect(args: argparse.Namespace) -> int:
 
     client = _client(args)
     results = []
+    failures = 0
     for index, image_path in enumerate(args.images):
-        image = load_rgb(Path(image_path))
-        outcome = client.detect(args.name, image, shared_memory=args.shared_memory)
+        try:
+            image = load_rgb(Path(image_path))
+            outcome = client.detect(args.name, image, shared_memory=args.shared_memory)
+        except grpc.RpcError as exc:
+            if exc.code() is grpc.StatusCode.UNAVAILABLE:
+                raise
+            failures += 1
+            print(f"{image_path}: error: {exc.code().name}: {exc.details()}", file=sys.stderr)
+            continue
+        except (OSError, ValueError) as exc:  # unreadable or not an image
+            failures += 1
+            print(f"{image_path}: error: {exc}", file=sys.stderr)
+            continue
         result = outcome.result
         entry = {
             "image": str(image_path),
@@ -286,6 +305,9 @@ def _cmd_detect(args: argparse.Namespace) -> int:
                 mask_path = mask_path.with_name(f"{mask_path.stem}-{index}{mask_path.suffix or '.png'}")
             Image.fromarray(outcome.mask).save(mask_path)
             entry["mask"] = str(mask_path)
+        elif args.mask_out and index == 0:
+            print(f"note: model {args.name} returns no mask (a classification model); nothing written to "
+                  f"{args.mask_out}", file=sys.stderr)
         results.append(entry)
         if not args.json:
             verdict = "ANOMALOUS" if result.is_anomalous else "normal"
@@ -296,7 +318,7 @@ def _cmd_detect(args: argparse.Namespace) -> int:
                 print(f"    mask written to {entry['mask']}")
     if args.json:
         print(json.dumps(results, indent=2))
-    return 0
+    return 1 if failures else 0
 
 
 # -- argument parsing ---------------------------------------------------------------------------
@@ -308,11 +330,20 @@ def build_parser() -> argparse.ArgumentParser:
         description="Serve anomaly-detection models over the Lookout for Vision Edge Agent gRPC API.",
     )
     parser.add_argument("--version", action="version", version=f"edge-agent {__version__}")
-    parser.add_argument("--log-level", default="info", choices=["debug", "info", "warning", "error"],
-                        help="debug adds one line per request")
-    parser.add_argument("--log-format", default=None, choices=["text", "json"],
-                        help="json: one object per line, for log shippers (default text)")
+    # Logging options are accepted before or after the command (serve --log-format json).
+    logging_options = argparse.ArgumentParser(add_help=False)
+    for target, default in ((parser, None), (logging_options, argparse.SUPPRESS)):
+        target.add_argument("--log-level", default=default, choices=["debug", "info", "warning", "error"],
+                            help="debug adds one line per request (default info)")
+        target.add_argument("--log-format", default=default, choices=["text", "json"],
+                            help="json: one object per line, for log shippers (default text)")
     commands = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
+    add_parser = commands.add_parser
+
+    def add_command(name: str, **kwargs: object) -> argparse.ArgumentParser:
+        return add_parser(name, parents=[logging_options], **kwargs)  # type: ignore[arg-type]
+
+    commands.add_parser = add_command  # type: ignore[method-assign]
 
     serve = commands.add_parser("serve", help="run the agent in the foreground")
     serve.add_argument("--socket", help=f"unix socket path (default {DEFAULT_SOCKET_PATH})")
@@ -336,7 +367,11 @@ def build_parser() -> argparse.ArgumentParser:
     serve.add_argument("--prebuild", action=argparse.BooleanOptionalAction, default=None,
                        help="build missing TensorRT engines in the background as components are discovered "
                             "(default: on with a real GPU)")
-    serve.add_argument("--workers", type=int, help="gRPC worker threads")
+    serve.add_argument("--workers", type=int, help="gRPC worker threads (default 16)")
+    serve.add_argument("--max-concurrent-rpcs", type=int,
+                       help="calls served at once; more get RESOURCE_EXHAUSTED at once (default 64)")
+    serve.add_argument("--max-requests-per-model", type=int,
+                       help="DetectAnomalies calls in flight per model; more get RESOURCE_EXHAUSTED (default 32)")
     serve.add_argument("--metrics-port", type=int, default=None,
                        help="Prometheus metrics port (default 9464; 0 turns metrics off)")
     serve.add_argument("--metrics-address", default=None, help="address the metrics endpoint binds (default 0.0.0.0)")
@@ -408,10 +443,16 @@ def main(argv: Sequence[str] | None = None) -> int:
     from edge_agent import logs
 
     args = build_parser().parse_args(argv)
-    log_format = args.log_format or AgentConfig.from_env().log_format
-    logs.configure(args.log_level, "json" if log_format == "json" else "text")
+    log_format = args.log_format or os.environ.get("EDGE_AGENT_LOG_FORMAT", "text")
+    logs.configure(args.log_level or "info", "json" if log_format == "json" else "text")
     try:
         return int(args.func(args))
+    except BrokenPipeError:  # output piped into head and the like
+        os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())
+        return 0
+    except EdgeAgentError as exc:
+        print(f"error: {exc}", file=sys.stderr)
+        return 2
     except grpc.RpcError as exc:
         code = exc.code() if hasattr(exc, "code") else None
         details = exc.details() if hasattr(exc, "details") else str(exc)

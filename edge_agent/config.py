@@ -9,6 +9,7 @@ from pathlib import Path
 from edge_agent.constants import (
     DEFAULT_LOADER_THREADS,
     DEFAULT_MAX_CONCURRENT_RPCS,
+    DEFAULT_MAX_REQUESTS_PER_MODEL,
     DEFAULT_METRICS_PORT,
     DEFAULT_SHUTDOWN_GRACE_S,
     DEFAULT_SOCKET_PATH,
@@ -46,6 +47,7 @@ class AgentConfig:
     worker_threads: int = DEFAULT_WORKER_THREADS
     max_concurrent_rpcs: int = DEFAULT_MAX_CONCURRENT_RPCS
     loader_threads: int = DEFAULT_LOADER_THREADS
+    max_requests_per_model: int = DEFAULT_MAX_REQUESTS_PER_MODEL
     intra_op_threads: int = 0
     shutdown_grace_s: float = DEFAULT_SHUTDOWN_GRACE_S
     socket_mode: int = 0o660  # owner and group may connect, nobody else
@@ -94,7 +96,8 @@ class AgentConfig:
             config.metrics_address = value
         if (value := get("log_format")) is not None:
             config.log_format = value
-        for name in ("worker_threads", "max_concurrent_rpcs", "loader_threads", "intra_op_threads", "metrics_port"):
+        for name in ("worker_threads", "max_concurrent_rpcs", "loader_threads", "intra_op_threads", "metrics_port",
+                     "max_requests_per_model"):
             if (value := get(name)) is not None:
                 try:
                     setattr(config, name, int(value))

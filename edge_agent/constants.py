@@ -28,6 +28,9 @@ MANIFEST_FILE = "manifest.json"
 DEFAULT_WORKER_THREADS = 16
 DEFAULT_MAX_CONCURRENT_RPCS = 64
 DEFAULT_LOADER_THREADS = 2
+# Requests in flight on one model beyond which DetectAnomalies answers RESOURCE_EXHAUSTED at once
+# instead of queuing without bound (latency stays bounded under overload).
+DEFAULT_MAX_REQUESTS_PER_MODEL = 32
 DEFAULT_SHUTDOWN_GRACE_S = 10.0
 DEFAULT_METRICS_PORT = 9464
 # How long a StopModel waits for in-flight requests on that model to finish.

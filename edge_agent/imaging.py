@@ -91,8 +91,9 @@ def _byte_count_message(width: int, height: int, got: int, field: str) -> str:
     )
     if got == width * height * 4:
         message += (
-            " That is 4 bytes per pixel: the frame looks like RGBA/BGRX from a camera. Drop the fourth "
-            "channel (for example numpy's image[:, :, :3]) and send packed RGB."
+            " That is 4 bytes per pixel: the frame looks like RGBA/BGRX from a camera. Send packed RGB: drop "
+            "the fourth channel (numpy: image[:, :, :3]), and for BGRX also reverse the channels "
+            "(image[:, :, 2::-1], or OpenCV's cv2.COLOR_BGRA2RGB)."
         )
     else:
         message += " Send packed, interleaved RGB rows with no padding."

@@ -22,7 +22,13 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Protocol
 
-from edge_agent.constants import DEFAULT_LOADER_THREADS, MANIFEST_FILE, MAX_COMPONENT_NAME_BYTES, STOP_DRAIN_TIMEOUT_S
+from edge_agent.constants import (
+    DEFAULT_LOADER_THREADS,
+    DEFAULT_MAX_REQUESTS_PER_MODEL,
+    MANIFEST_FILE,
+    MAX_COMPONENT_NAME_BYTES,
+    STOP_DRAIN_TIMEOUT_S,
+)
 from edge_agent.engines.base import Backend, MemoryInfo
 from edge_agent.errors import (
     EdgeAgentError,
@@ -153,11 +159,13 @@ class ModelManager:
         loader_threads: int = DEFAULT_LOADER_THREADS,
         stop_drain_timeout_s: float = STOP_DRAIN_TIMEOUT_S,
         memory_headroom_bytes: int = 0,
+        max_requests_per_model: int = DEFAULT_MAX_REQUESTS_PER_MODEL,
     ) -> None:
         self.models_dirs = [Path(d) for d in models_dirs]
         self.provider = provider
         self._stop_drain_timeout_s = stop_drain_timeout_s
         self.memory_headroom_bytes = memory_headroom_bytes
+        self.max_requests_per_model = max_requests_per_model
         # Guards _entries, _closed and every field of every _Entry.
         self._lock = threading.Lock()
         # Signalled when an entry's in_flight drops to 0 or a load finishes.
@@ -468,6 +476,12 @@ class ModelManager:
                 raise WrongStateError(
                     f"Model {name} is {entry.state.name}; DetectAnomalies needs it RUNNING. "
                     + _wait_hint(entry.state)
+                )
+            if entry.in_flight >= self.max_requests_per_model:
+                raise ResourceExhaustedError(
+                    f"Model {name} already has {entry.in_flight} requests in flight, its limit: the agent cannot "
+                    "keep up with the call rate on this model. Retry after a short back-off, or send frames "
+                    "less often."
                 )
             entry.in_flight += 1
             runner = entry.runner

@@ -68,15 +68,28 @@ def status_for(error: EdgeAgentError) -> grpc.StatusCode:
 class EdgeAgentServicer(pb2_grpc.EdgeAgentServicer):
     """Implements the five RPCs of the wire contract over a ModelManager."""
 
-    def __init__(self, manager: ModelManager, metrics: AgentMetrics | None = None) -> None:
+    def __init__(self, manager: ModelManager, metrics: AgentMetrics | None = None,
+                 max_concurrent_rpcs: int | None = None) -> None:
         self.manager = manager
         self.metrics = metrics
+        self.max_concurrent_rpcs = max_concurrent_rpcs
+        self._active_lock = threading.Lock()  # guards _active
+        self._active = 0
 
     @contextmanager
     def _rpc(self, name: str, context: grpc.ServicerContext, request: Any = None) -> Iterator[None]:
         code = grpc.StatusCode.OK
         message = ""
+        with self._active_lock:
+            self._active += 1
+            active = self._active
         try:
+            if self.max_concurrent_rpcs is not None and active > self.max_concurrent_rpcs:
+                raise ResourceExhaustedError(
+                    f"The agent is already serving {self.max_concurrent_rpcs} calls, its limit: it cannot keep up "
+                    "with the call rate. Retry after a short back-off, send fewer frames at once, or raise "
+                    "--max-concurrent-rpcs if the device has capacity to spare."
+                )
             if isinstance(request, Undecodable):
                 raise InvalidArgumentError(
                     f"the {request.message_type} could not be decoded ({request.reason}). Send a valid message of "
@@ -90,6 +103,9 @@ class EdgeAgentServicer(pb2_grpc.EdgeAgentServicer):
             LOGGER.exception("%s: unexpected error", name)
             code = grpc.StatusCode.INTERNAL
             message = f"Internal error in {name}: {type(exc).__name__}: {exc}. See the agent log; retry the call."
+        finally:
+            with self._active_lock:
+                self._active -= 1
         if self.metrics is not None:
             self.metrics.observe_rpc(name, code)
         if code is not grpc.StatusCode.OK:
@@ -307,9 +323,11 @@ def create_server(
     server = grpc.server(
         ThreadPoolExecutor(max_workers=worker_threads, thread_name_prefix="rpc"),
         options=options,
-        maximum_concurrent_rpcs=max_concurrent_rpcs,
+        # The servicer refuses calls over the limit with a message that says what to do; gRPC's own
+        # (terse) refusal is only a backstop for calls that never reach it.
+        maximum_concurrent_rpcs=2 * max_concurrent_rpcs + 16,
     )
-    servicer = EdgeAgentServicer(manager, metrics)
+    servicer = EdgeAgentServicer(manager, metrics, max_concurrent_rpcs)
     _register(servicer, server)
     health_servicer = health.HealthServicer(experimental_non_blocking=True)
     health_pb2_grpc.add_HealthServicer_to_server(health_servicer, server)
@@ -375,12 +393,14 @@ def prepare_socket_path(path: str) -> None:
 
 def tcp_address(value: str) -> str:
     """``PORT`` means loopback only; ``HOST:PORT`` (or ``[IPv6]:PORT``) binds where told."""
-    if value.isdigit():
-        return f"127.0.0.1:{value}"
     host, sep, port = value.rpartition(":")
-    if not sep or not host or not port.isdigit():
+    if not sep:
+        host, port = "127.0.0.1", value
+    if not host or not port.isdigit():
         raise OSError(f"--tcp {value!r} is not PORT or HOST:PORT (for example 127.0.0.1:50051).")
-    return value
+    if not 1 <= int(port) <= 65535:
+        raise OSError(f"--tcp port {port} is out of range; choose a port from 1 to 65535.")
+    return f"{host}:{port}"
 
 
 def tls_credentials(cert: str, key: str, client_ca: str | None = None) -> grpc.ServerCredentials:
@@ -399,17 +419,26 @@ def tls_credentials(cert: str, key: str, client_ca: str | None = None) -> grpc.S
     chain = read(cert, "certificate")
     private_key = read(key, "private key")
     root = read(client_ca, "client CA") if client_ca else None
+    for path, data, marker in ((cert, chain, b"CERTIFICATE"), (key, private_key, b"PRIVATE KEY"),
+                               (client_ca, root, b"CERTIFICATE")):
+        if data is not None and not (b"-----BEGIN " in data and marker in data):
+            raise OSError(f"{path} is not a PEM file holding a {marker.decode().lower()} "
+                          "(-----BEGIN ... lines); convert it with openssl, or pass the right file.")
     return grpc.ssl_server_credentials([(private_key, chain)], root_certificates=root,
                                        require_client_auth=root is not None)
+
+
+def _unlink_quietly(path: str) -> None:
+    try:
+        os.unlink(path)
+    except FileNotFoundError:
+        pass
 
 
 def _abandon(agent: AgentServer, socket_path: str) -> None:
     """Undoes a start that cannot complete: nothing may stay bound to the socket path."""
     agent.server.stop(None)
-    try:
-        os.unlink(socket_path)
-    except FileNotFoundError:
-        pass
+    _unlink_quietly(socket_path)
 
 
 def secure_socket(path: str, mode: int, group: str | None) -> None:
@@ -455,6 +484,9 @@ def run(config: AgentConfig, manager: ModelManager, *, metrics: AgentMetrics | N
     try:
         agent = create_server(manager, addresses, worker_threads=config.worker_threads,
                               max_concurrent_rpcs=config.max_concurrent_rpcs, metrics=metrics, tls=tls)
+    except OSError:
+        _unlink_quietly(socket_path)  # bound before another address failed: ours, and useless now
+        raise
     finally:
         os.umask(previous_umask)
     try:
@@ -464,6 +496,10 @@ def run(config: AgentConfig, manager: ModelManager, *, metrics: AgentMetrics | N
         raise
     metrics_server = None
     if metrics is not None and config.metrics_port:
+        if not 1 <= config.metrics_port <= 65535:
+            _abandon(agent, socket_path)
+            raise OSError(f"--metrics-port {config.metrics_port} is out of range; choose 1 to 65535, or 0 to turn "
+                          "metrics off.")
         try:
             metrics_server = start_http(metrics.registry, config.metrics_port, config.metrics_address)
         except OSError as exc:

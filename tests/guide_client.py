@@ -53,3 +53,9 @@ def main(model_component_name, image_path):
         stub = EdgeAgentStub(channel)
         start_model_if_needed(stub, model_component_name)
         return detect_anomalies(stub, model_component_name, image_path)
+
+
+if __name__ == "__main__":
+    import sys
+
+    main(sys.argv[1], sys.argv[2])

@@ -366,3 +366,49 @@ def test_load_probe_runs_once_per_file_version_and_real_loads_pass(models_dir: P
     finally:
         running.channel.close()
         running.agent.stop(1.0)
+
+
+def test_calls_over_the_agent_limit_get_resource_exhausted_with_advice(models_dir: Path, short_tmp: Path) -> None:
+    import threading
+
+    from edge_agent.backends import OnnxRuntimeProvider
+    from edge_agent.models import ModelManager
+    from edge_agent.server import create_server
+
+    model_factory.write_component(models_dir, "slow", "segmentation")
+    model_factory.slow_model(models_dir / "slow" / "model.onnx", repeats=300)
+    manager = ModelManager([models_dir], OnnxRuntimeProvider(intra_op_threads=1, isolate_loads=False),
+                           max_requests_per_model=2)
+    agent = create_server(manager, [f"unix:{short_tmp}/a.sock"], worker_threads=16, max_concurrent_rpcs=4)
+    agent.start()
+    channel = grpc.insecure_channel(f"unix://{short_tmp}/a.sock")
+    try:
+        stub = __import__("edge_agent_pb2_grpc").EdgeAgentStub(channel)
+        stub.StartModel(pb2.StartModelRequest(model_component="slow"))
+        from edge_agent.models import ModelState
+
+        assert manager.wait_for("slow", [ModelState.RUNNING], 60) is ModelState.RUNNING
+        request = pb2.DetectAnomaliesRequest(
+            model_component="slow", bitmap=pb2.Bitmap(width=64, height=64, byte_data=GOOD_FRAME.tobytes()))
+        codes: list[tuple[grpc.StatusCode, str]] = []
+
+        def call() -> None:
+            try:
+                stub.DetectAnomalies(request, timeout=120)
+                codes.append((C.OK, ""))
+            except grpc.RpcError as exc:
+                codes.append((exc.code(), exc.details()))
+
+        threads = [threading.Thread(target=call) for _ in range(8)]
+        for thread in threads:
+            thread.start()
+        for thread in threads:
+            thread.join(180)
+        refused = [details for code, details in codes if code is C.RESOURCE_EXHAUSTED]
+        assert len(codes) == 8 and {code for code, _ in codes} <= {C.OK, C.RESOURCE_EXHAUSTED}
+        assert refused and all("cannot keep up" in d for d in refused), codes
+        assert sum(code is C.OK for code, _ in codes) >= 2
+        assert stub.DetectAnomalies(request, timeout=120).detect_anomaly_result.is_anomalous
+    finally:
+        channel.close()
+        agent.stop(1.0)
