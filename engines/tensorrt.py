@@ -963,7 +963,14 @@ class TensorRTProvider:
             return manifest.memory_bytes or 0  # the load itself will say what is wrong
         if entry is not None:
             meta = entry.metadata
-            return meta.loaded_bytes or meta.plan_bytes + self.contexts_per_model * meta.device_memory_bytes
+            if meta.loaded_bytes:
+                return meta.loaded_bytes
+            if not meta.device_memory_bytes:  # never measured: fall back on the build's own bound
+                return manifest.memory_bytes or size + self.workspace_bytes
+            # Not loaded here yet: weights, each context's activations, and each context's device
+            # I/O buffers (the input at the largest batch, and outputs of the same order).
+            io_bytes = 2 * self.max_batch * _input_bytes(manifest)
+            return meta.plan_bytes + self.contexts_per_model * (meta.device_memory_bytes + io_bytes)
         if manifest.memory_bytes:
             return manifest.memory_bytes
         return size + self.workspace_bytes  # a build needs its workspace on top of the weights
@@ -1061,6 +1068,11 @@ def fake_gpu_provider(
                        fake_kill_build_child_with=kill_build_child_with)
     runtime = spec.create(build_hook=build_hook)
     return TensorRTProvider(runtime, cache=EngineCache(cache_dir) if cache_dir else None, **options)
+
+
+def _input_bytes(manifest: Manifest) -> int:
+    item = {"float32": 4, "float16": 2, "uint8": 1}.get(manifest.input.dtype, 4)
+    return manifest.input.width * manifest.input.height * 3 * item
 
 
 def build_engines(provider: TensorRTProvider, models_dirs: Iterable[Path]

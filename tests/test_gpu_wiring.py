@@ -220,3 +220,24 @@ def test_random_start_stop_detect_on_the_fake_gpu_returns_memory_to_baseline(
         manager.close()
         provider.close()
     assert _allocated(provider) == baseline
+
+
+@pytest.mark.parametrize("in_subprocess", [True, False])
+def test_estimate_after_a_build_ahead_covers_what_the_first_load_holds(models_dir: Path, tmp_path: Path,
+                                                                       in_subprocess: bool) -> None:
+    from edge_agent.manifest import load_manifest
+
+    provider = fake_gpu_provider(GPU_BYTES, tmp_path / "engines", build_in_subprocess=in_subprocess)
+    try:
+        for name in ("redness-seg", "colours-seg"):
+            manifest = load_manifest(models_dir / name)
+            provider.build_ahead(manifest)
+            estimate = provider.estimate_bytes(manifest)
+            before = _allocated(provider)
+            backend = provider.create(manifest)
+            backend.load()
+            held = _allocated(provider) - before
+            backend.unload()
+            assert held > 0 and estimate >= held, (name, estimate, held)
+    finally:
+        provider.close()
