@@ -95,7 +95,7 @@ def spawn_serve(socket_path: Path, models_dir: Path, *extra: str) -> subprocess.
     )
 
 
-def wait_ready(socket_path: Path, timeout_s: float = 30.0) -> grpc.Channel:
+def wait_ready(socket_path: Path, timeout_s: float = 120.0) -> grpc.Channel:
     channel = grpc.insecure_channel(f"unix://{socket_path}")
     grpc.channel_ready_future(channel).result(timeout=timeout_s)
     return channel
@@ -127,7 +127,7 @@ def test_serve_answers_then_exits_zero_and_removes_socket_when_sigterm(
     assert oct(os.stat(socket_path).st_mode & 0o777) == oct(0o660)
     channel.close()
     process.send_signal(signal.SIGTERM)
-    _, err = process.communicate(timeout=30)
+    _, err = process.communicate(timeout=120)
     assert process.returncode == 0, err
     assert not socket_path.exists()
     assert "model redness-seg: stopped" in err
@@ -139,7 +139,7 @@ def test_serve_refuses_to_start_when_live_agent_owns_socket(
     _, socket_path = serve_process
     wait_ready(socket_path).close()
     second = spawn_serve(socket_path, models_dir)
-    _, err = second.communicate(timeout=30)
+    _, err = second.communicate(timeout=120)
     assert second.returncode == 2
     assert "another agent is already listening" in err
     assert socket_path.exists()
@@ -158,7 +158,7 @@ def test_serve_replaces_stale_socket_when_previous_agent_died(models_dir: Path, 
         channel.close()
     finally:
         process.send_signal(signal.SIGINT)
-        process.communicate(timeout=30)
+        process.communicate(timeout=120)
     assert process.returncode == 0
 
 
@@ -173,7 +173,7 @@ def test_serve_exits_nonzero_with_reason_when_socket_path_unusable(
     models_dir: Path, short_tmp: Path, make_path, match: str  # type: ignore[no-untyped-def]
 ) -> None:
     process = spawn_serve(make_path(short_tmp), models_dir)
-    _, err = process.communicate(timeout=30)
+    _, err = process.communicate(timeout=120)
     assert process.returncode == 2
     assert match in err
 
@@ -201,7 +201,7 @@ def test_serve_without_models_dir_builds_and_serves_demo_models(short_tmp: Path,
         channel.close()
     finally:
         process.send_signal(signal.SIGTERM)
-        process.communicate(timeout=30)
+        process.communicate(timeout=120)
     assert (tmp_path / "cache" / "edge-agent" / "demo-models" / "demo-brick-segmentation" / "model.onnx").is_file()
 
 
@@ -214,12 +214,12 @@ def test_serve_also_listens_on_tcp_when_asked(models_dir: Path, short_tmp: Path)
     try:
         wait_ready(socket_path).close()
         channel = grpc.insecure_channel(f"127.0.0.1:{port}")
-        grpc.channel_ready_future(channel).result(timeout=30)
+        grpc.channel_ready_future(channel).result(timeout=120)
         assert len(pb2_grpc.EdgeAgentStub(channel).ListModels(pb2.ListModelsRequest()).models) == 3
         channel.close()
     finally:
         process.send_signal(signal.SIGTERM)
-        process.communicate(timeout=30)
+        process.communicate(timeout=120)
     assert process.returncode == 0
 
 
@@ -236,13 +236,13 @@ def test_serve_gives_socket_to_group_when_asked(models_dir: Path, short_tmp: Pat
         assert info.st_mode & 0o777 == 0o660
     finally:
         process.send_signal(signal.SIGTERM)
-        process.communicate(timeout=30)
+        process.communicate(timeout=120)
 
 
 def test_serve_refuses_unknown_socket_group(models_dir: Path, short_tmp: Path) -> None:
     process = spawn_serve(short_tmp / "agent.sock", models_dir, "--socket-group", "no-such-group-xyz",
                           "--metrics-port", "0")
-    _, err = process.communicate(timeout=30)
+    _, err = process.communicate(timeout=120)
     assert process.returncode == 2
     assert "socket group 'no-such-group-xyz' does not exist" in err
     assert not (short_tmp / "agent.sock").exists()

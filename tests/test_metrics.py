@@ -207,7 +207,7 @@ def test_serve_logs_lifecycle_events_as_json_and_serves_metrics_port(models_dir:
         stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
     try:
         channel = grpc.insecure_channel(f"unix://{socket_path}")
-        grpc.channel_ready_future(channel).result(timeout=30)
+        grpc.channel_ready_future(channel).result(timeout=120)
         stub = pb2_grpc.EdgeAgentStub(channel)
         stub.StartModel(pb2.StartModelRequest(model_component="redness-seg"))
         while stub.DescribeModel(pb2.DescribeModelRequest(model_component="redness-seg")).model_description.status \
@@ -218,7 +218,7 @@ def test_serve_logs_lifecycle_events_as_json_and_serves_metrics_port(models_dir:
         channel.close()
     finally:
         process.send_signal(signal.SIGTERM)
-        _, err = process.communicate(timeout=30)
+        _, err = process.communicate(timeout=120)
     assert process.returncode == 0
     records = [json.loads(line) for line in err.splitlines() if line.strip()]
     events = [(r.get("model_component"), r.get("event")) for r in records if "event" in r]

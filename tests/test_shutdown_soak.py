@@ -52,7 +52,7 @@ def test_sigterm_lets_calls_in_flight_finish_then_exits_zero(tmp_path: Path, sho
         stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
     try:
         channel = grpc.insecure_channel(f"unix://{socket_path}")
-        grpc.channel_ready_future(channel).result(timeout=30)
+        grpc.channel_ready_future(channel).result(timeout=120)
         stub = pb2_grpc.EdgeAgentStub(channel)
         stub.StartModel(pb2.StartModelRequest(model_component="slow"))
         deadline = time.monotonic() + 60
@@ -93,7 +93,7 @@ def test_second_signal_exits_at_once(tmp_path: Path, short_tmp: Path) -> None:
          str(models_dir), "--metrics-port", "0"], stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
     channel = grpc.insecure_channel(f"unix://{socket_path}")
     try:
-        grpc.channel_ready_future(channel).result(timeout=30)
+        grpc.channel_ready_future(channel).result(timeout=120)
         stub = pb2_grpc.EdgeAgentStub(channel)
         stub.StartModel(pb2.StartModelRequest(model_component="slow"))
         while stub.DescribeModel(pb2.DescribeModelRequest(model_component="slow")).model_description.status \
