@@ -378,7 +378,8 @@ def build_parser() -> argparse.ArgumentParser:
     serve.set_defaults(func=_cmd_serve)
 
     build = commands.add_parser("build-engines", help="build the TensorRT engine of every component for this GPU")
-    build.add_argument("--models-dir", action="append", metavar="DIR", help="directory of model components (repeatable)")
+    build.add_argument("--models-dir", action="append", metavar="DIR",
+                       help="directory of model components (repeatable)")
     build.add_argument("--cache-dir", metavar="DIR", help="TensorRT engine cache (default ~/.cache/edge-agent/engines)")
     build.add_argument("--fake-gpu-memory", metavar="SIZE", help="build for the fake GPU (for trying without one)")
     build.set_defaults(func=_cmd_build_engines)

@@ -117,7 +117,7 @@ class EngineCache:
     def __init__(self, root: Path | None = None) -> None:
         self.root = Path(root) if root is not None else default_cache_dir()
         self._hash_lock = threading.Lock()  # guards _hashes
-        self._hashes: dict[tuple[str, int, int, int], str] = {}
+        self._hashes: dict[tuple[object, ...], str] = {}
 
     def plan_path(self, key: EngineKey) -> Path:
         return self.root / f"{key.digest}{PLAN_SUFFIX}"
@@ -278,6 +278,46 @@ class EngineCache:
         with self._hash_lock:
             self._hashes[memo] = value
         return value
+
+
+    def model_sha256(self, onnx_path: Path) -> str:
+        """Hash of an ONNX model and of every external data file it keeps weights in.
+
+        Retrained weights in ``model.onnx.data`` must not reuse an engine built from old ones.
+        """
+        base = self.file_sha256(onnx_path)
+        external = self._external_files(onnx_path)
+        if not external:
+            return base
+        digest = hashlib.sha256(base.encode())
+        for data_file in external:
+            digest.update(data_file.name.encode())
+            digest.update(self.file_sha256(data_file).encode())
+        return digest.hexdigest()
+
+    def _external_files(self, onnx_path: Path) -> list[Path]:
+        st = os.stat(onnx_path)
+        memo = ("external", str(Path(onnx_path).resolve()), st.st_size, st.st_mtime_ns, st.st_ino)
+        with self._hash_lock:
+            known = self._hashes.get(memo)
+        if known is not None:
+            return [Path(p) for p in json.loads(known)]
+        import onnx
+        from onnx import external_data_helper
+
+        try:
+            proto = onnx.load_model(str(onnx_path), load_external_data=False)
+        except Exception:  # not parseable: the build reports it
+            return []
+        names = set()
+        for tensor in external_data_helper._get_all_tensors(proto):
+            if external_data_helper.uses_external_data(tensor):
+                info = external_data_helper.ExternalDataInfo(tensor)
+                names.add(info.location)
+        files = sorted(Path(onnx_path).parent / name for name in names)
+        with self._hash_lock:
+            self._hashes[memo] = json.dumps([str(f) for f in files])
+        return files
 
 
 def utc_now() -> str:

@@ -7,6 +7,7 @@ anomalies list from the pixel-level output alone.
 
 from __future__ import annotations
 
+import dataclasses
 import logging
 import math
 import threading
@@ -19,7 +20,7 @@ from edge_agent.constants import MIN_CONFIDENCE
 from edge_agent.engines.base import Backend, TensorInfo
 from edge_agent.errors import InferenceError, ModelLoadError
 from edge_agent.imaging import Frame, Preprocessor, hex_to_rgb, paint, upscale_labels, upscale_map
-from edge_agent.manifest import BACKGROUND_COLOR, BACKGROUND_NAME, Manifest
+from edge_agent.manifest import BACKGROUND_COLOR, BACKGROUND_NAME, RESIZE_TORCH_BILINEAR, InputSpec, Manifest
 
 LOGGER = logging.getLogger(__name__)
 
@@ -101,17 +102,19 @@ class ModelRunner:
                 f"{path}: input {info.name!r} takes {info.dtype} but the manifest says input.dtype {spec.dtype}. "
                 f"Set input.dtype to {info.dtype}."
             )
+        if spec.resize == RESIZE_TORCH_BILINEAR:
+            return info.name, TorchBilinearPreprocessor(spec, info.dtype)
         return info.name, Preprocessor(spec, info.dtype)
 
     def _check_outputs_declared(self) -> None:
         names = {t.name for t in self.backend.outputs}
         outputs = self.manifest.outputs
-        for field, value in (("image_score", outputs.image_score), ("anomaly_map", outputs.anomaly_map),
-                             ("segmentation", outputs.segmentation)):
+        for key, value in (("image_score", outputs.image_score), ("anomaly_map", outputs.anomaly_map),
+                           ("segmentation", outputs.segmentation), ("image_label", outputs.image_label)):
             if value is not None and value not in names:
                 raise ModelLoadError(
-                    f"{self.manifest.model_file}: the manifest's outputs.{field} {value!r} is not an output of "
-                    f"the model (its outputs: {sorted(names)}). Fix outputs.{field}."
+                    f"{self.manifest.model_file}: the manifest's outputs.{key} {value!r} is not an output of "
+                    f"the model (its outputs: {sorted(names)}). Fix outputs.{key}."
                 )
 
     def warm_up(self) -> Detection:
@@ -151,9 +154,13 @@ class ModelRunner:
 
     def postprocess(self, outputs: dict[str, np.ndarray], width: int, height: int) -> Detection:
         manifest = self.manifest
-        raw = _scalar(outputs[manifest.outputs.image_score], manifest.outputs.image_score)
+        spec = manifest.outputs
+        raw = _image_score(outputs[spec.image_score], spec.image_score, spec.image_score_reduce)
         threshold = manifest.image_threshold
-        is_anomalous = raw >= threshold.threshold
+        if spec.image_label is not None:
+            is_anomalous = _label(outputs[spec.image_label], spec.image_label)
+        else:
+            is_anomalous = threshold.exceeded(raw)
         normalized = threshold.normalize(raw)
         confidence = normalized if is_anomalous else 1.0 - normalized
         confidence = min(1.0, max(MIN_CONFIDENCE, confidence))
@@ -183,7 +190,7 @@ class ModelRunner:
                 )
             assert self.manifest.pixel_threshold is not None
             upscaled = upscale_map(amap, width, height)
-            return (upscaled >= self.manifest.pixel_threshold.threshold).astype(np.uint8)
+            return self.manifest.pixel_threshold.exceeded_map(upscaled).astype(np.uint8)
         if spec.segmentation is not None:
             values = outputs[spec.segmentation]
             n_classes = len(self.class_names)
@@ -222,19 +229,37 @@ def _check_input_shape(info: TensorInfo, layout: str, width: int, height: int, p
                              "or a dynamic batch.")
 
 
-def _scalar(value: np.ndarray, name: str) -> float:
-    if value.size != 1:
+def _image_score(value: np.ndarray, name: str, reduce: str) -> float:
+    if reduce == "max":
+        if value.size < 1:
+            raise InferenceError(f"output {name!r} is empty; the image score is its largest value.")
+        result = float(np.max(value))
+    elif value.size != 1:
         raise InferenceError(
             f"output {name!r} has shape {list(value.shape)}; an image score must hold one value per image. "
-            "Fix outputs.image_score in the manifest."
+            "Fix outputs.image_score in the manifest (or set outputs.image_score_reduce to \"max\")."
         )
-    result = float(value.reshape(-1)[0])
+    else:
+        result = float(value.reshape(-1)[0])
     if not math.isfinite(result):
         raise InferenceError(
             f"output {name!r} is {result} (NaN or infinite: an FP16 overflow or a broken model does this); "
             "the agent refuses to report it as a decision. Run the model in FP32 or re-export it."
         )
     return result
+
+
+def _label(value: np.ndarray, name: str) -> bool:
+    """The model's own decision for one image (a boolean, or 0/1)."""
+    if value.size != 1:
+        raise InferenceError(
+            f"output {name!r} has shape {list(value.shape)}; an image label must hold one value per image. "
+            "Fix outputs.image_label in the manifest."
+        )
+    label = value.reshape(-1)[0]
+    if value.dtype != np.bool_ and not math.isfinite(float(label)):
+        raise InferenceError(f"output {name!r} is {float(label)}; the agent refuses to report it as a decision.")
+    return bool(label)
 
 
 def _plane(value: np.ndarray, name: str) -> np.ndarray:
@@ -260,3 +285,49 @@ def _class_scores(value: np.ndarray, name: str, n_classes: int) -> np.ndarray:
     if not np.isfinite(array).all():
         raise InferenceError(f"output {name!r} holds NaN or infinite values; the agent refuses to report a result.")
     return array
+
+
+class TorchBilinearPreprocessor(Preprocessor):
+    """Pre-processing for ``input.resize: bilinear-torch``.
+
+    Resizes as PyTorch's ``interpolate(mode="bilinear", align_corners=False,
+    antialias=False)`` and ONNX's ``Resize`` (linear, half_pixel) do, which is what
+    anomalib's exported graphs do to a frame: bilinear sampling at half-pixel centres,
+    without the antialiasing Pillow's bilinear filter applies when it shrinks. Frames
+    resized this way reach the model with the values anomalib's own inferencer gives it,
+    and stay in float32 (no rounding to uint8) for float models.
+    """
+
+    def __init__(self, spec: InputSpec, dtype: np.dtype) -> None:
+        super().__init__(dataclasses.replace(spec, resize="bilinear"), dtype)
+        self.spec = spec
+
+    def resized(self, frame: Frame) -> np.ndarray:
+        """The frame at the model's size: (H, W, 3), uint8 for uint8 models, else float32."""
+        if (frame.width, frame.height) == (self.spec.width, self.spec.height):
+            return frame.array()
+        sampled = resize_bilinear_torch(frame.array(), self.spec.width, self.spec.height)
+        return np.rint(sampled).astype(np.uint8) if self.dtype == np.uint8 else sampled
+
+
+def resize_bilinear_torch(pixels: np.ndarray, width: int, height: int) -> np.ndarray:
+    """Resizes an (H, W, C) array to (height, width, C) float32 as PyTorch's bilinear interpolate.
+
+    Output pixel ``d`` samples the source at ``(d + 0.5) * in / out - 0.5``, clamped at 0,
+    between its two neighbours (the last one repeating at the far edge).
+    """
+    rows_a, rows_b, row_weight = _bilinear_taps(pixels.shape[0], height)
+    cols_a, cols_b, col_weight = _bilinear_taps(pixels.shape[1], width)
+    upper = pixels[rows_a].astype(np.float32)
+    lower = pixels[rows_b].astype(np.float32)
+    rows = upper + (lower - upper) * row_weight[:, None, None]
+    left, right = rows[:, cols_a], rows[:, cols_b]
+    return left + (right - left) * col_weight[None, :, None]
+
+
+def _bilinear_taps(size_in: int, size_out: int) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """Source indices and the weight of the second one, per output index."""
+    source = np.maximum((np.arange(size_out, dtype=np.float64) + 0.5) * (size_in / size_out) - 0.5, 0.0)
+    first = np.minimum(np.floor(source).astype(np.int64), size_in - 1)
+    second = np.minimum(first + 1, size_in - 1)
+    return first, second, (source - first).astype(np.float32)

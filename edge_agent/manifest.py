@@ -1,8 +1,10 @@
 """The model component manifest: what an ONNX file means and how to serve it.
 
 A model component is a directory named after the component, holding
-``manifest.json`` and the model file it names. The README documents the
-format; this module parses it strictly and says which field is wrong.
+``manifest.json`` and the model file it names, or the files of an anomalib
+ONNX export (see :mod:`edge_agent.anomalib_export`), from which the manifest
+is derived. The README documents the format; this module parses it strictly
+and says which field is wrong.
 """
 
 from __future__ import annotations
@@ -14,15 +16,23 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+import numpy as np
+
 from edge_agent.constants import MANIFEST_FILE
 from edge_agent.errors import ManifestError
 
-_HEX_COLOR = re.compile(r"^#[0-9A-Fa-f]{6}$")
+HEX_COLOR = re.compile(r"^#[0-9A-Fa-f]{6}$")
 _LAYOUTS = ("NCHW", "NHWC")
 _DTYPES = ("float32", "float16", "uint8")
 _CHANNEL_ORDERS = ("RGB", "BGR")
-_RESIZE_MODES = ("bilinear", "area", "nearest", "bicubic")
+# "bilinear-torch" samples like PyTorch's interpolate (bilinear, half-pixel centres, no
+# antialiasing), which is the Resize anomalib puts in its exported graphs; Pillow's
+# "bilinear" antialiases when it shrinks, which moves anomalib's scores by up to 0.1.
+RESIZE_TORCH_BILINEAR = "bilinear-torch"
+_RESIZE_MODES = ("bilinear", "area", "nearest", "bicubic", RESIZE_TORCH_BILINEAR)
 _SEGMENTATION_KINDS = ("scores", "labels")
+_SCORE_REDUCTIONS = ("none", "max")
+_COMPARISONS = (">=", ">")
 BACKGROUND_NAME = "background"
 BACKGROUND_COLOR = "#FFFFFF"
 
@@ -51,6 +61,12 @@ class OutputSpec:
     anomaly_map: str | None = None
     segmentation: str | None = None
     segmentation_kind: str = "scores"
+    # "max": the image score is the largest value of the image_score tensor (anomalib 1.x's
+    # inferencer scores an image by its anomaly map's maximum); "none": it holds one value.
+    image_score_reduce: str = "none"
+    # The model's own decision per image (anomalib 2.x's pred_label); when set, is_anomalous
+    # is read from it instead of comparing the score with decision.image.threshold.
+    image_label: str | None = None
 
 
 @dataclass(frozen=True)
@@ -60,11 +76,22 @@ class Threshold:
     With ``min``/``max`` (anomalib's convention) the normalized value is
     ``clip((x - threshold) / (max - min) + 0.5, 0, 1)``; without them the raw
     value is mapped piecewise-linearly so that ``threshold`` lands on 0.5.
+    ``compare`` says whether a value equal to the threshold is anomalous
+    (``">="``, the default and anomalib 1.x's rule) or not (``">"``, anomalib 2.x's).
     """
 
     threshold: float
     min: float | None = None
     max: float | None = None
+    compare: str = ">="
+
+    def exceeded(self, value: float) -> bool:
+        """Whether a raw value is on the anomalous side of the threshold."""
+        return value > self.threshold if self.compare == ">" else value >= self.threshold
+
+    def exceeded_map(self, values: np.ndarray) -> np.ndarray:
+        """``exceeded`` for every element of an array (a boolean array)."""
+        return np.greater(values, self.threshold) if self.compare == ">" else np.greater_equal(values, self.threshold)
 
     def normalize(self, value: float) -> float:
         """Maps a raw value to [0, 1] with the decision point at 0.5."""
@@ -110,6 +137,9 @@ class Manifest:
     description: str = ""
     memory_bytes: int | None = None
     extra: dict[str, Any] = field(default_factory=dict)
+    # Where the manifest came from when it is not a plain manifest.json, e.g.
+    # "anomalib 2.x export (detected)"; ListModels shows it for idle components.
+    origin: str = ""
 
     @property
     def manifest_path(self) -> Path:
@@ -204,6 +234,7 @@ def _read_threshold(reader: _Reader | None) -> Threshold | None:
     threshold = reader.float("threshold", required=True)
     low = reader.float("min")
     high = reader.float("max")
+    compare = reader.str("compare", default=">=", choices=_COMPARISONS) or ">="
     if (low is None) != (high is None):
         raise ManifestError(
             f"{reader.path}: {reader.prefix}min and {reader.prefix}max must be given together "
@@ -212,7 +243,7 @@ def _read_threshold(reader: _Reader | None) -> Threshold | None:
     if low is not None and high is not None and high <= low:
         raise reader.error(reader.prefix + "max", f"must be greater than min ({low})", high)
     assert threshold is not None
-    return Threshold(threshold=threshold, min=low, max=high)
+    return Threshold(threshold=threshold, min=low, max=high, compare=compare)
 
 
 def _read_anomaly_types(reader: _Reader, path: Path) -> tuple[AnomalyType, ...]:
@@ -230,7 +261,7 @@ def _read_anomaly_types(reader: _Reader, path: Path) -> tuple[AnomalyType, ...]:
         if not name or name == BACKGROUND_NAME:
             raise entry.error(entry.prefix + "name", f"must be a non-empty name other than {BACKGROUND_NAME!r}",
                               name)
-        if not _HEX_COLOR.match(color):
+        if not HEX_COLOR.match(color):
             raise entry.error(entry.prefix + "color", "must be a colour written #RRGGBB", color)
         if color.upper() == BACKGROUND_COLOR:
             raise entry.error(entry.prefix + "color",
@@ -280,6 +311,8 @@ def parse_manifest(component_dir: Path, data: Any) -> Manifest:
         segmentation=outs.str("segmentation"),
         segmentation_kind=outs.str("segmentation_kind", default="scores", choices=_SEGMENTATION_KINDS)
         or "scores",
+        image_score_reduce=outs.str("image_score_reduce", default="none", choices=_SCORE_REDUCTIONS) or "none",
+        image_label=outs.str("image_label"),
     )
     if outputs.anomaly_map and outputs.segmentation:
         raise ManifestError(
@@ -332,25 +365,47 @@ def parse_manifest(component_dir: Path, data: Any) -> Manifest:
 
 
 def load_manifest(component_dir: Path) -> Manifest:
-    """Reads and validates ``component_dir/manifest.json``.
+    """Reads and validates a component's manifest.
+
+    That is ``component_dir/manifest.json``; a directory holding an anomalib ONNX export
+    needs none, or one with ``"anomalib": true`` that only adds a name, colour or ARN, and
+    gets a manifest derived from the export (:mod:`edge_agent.anomalib_export`).
 
     Raises:
         ManifestError: naming the file and the problem.
     """
+    from edge_agent import anomalib_export  # it builds on this module
+
     path = component_dir / MANIFEST_FILE
+    data = _read_json(path)
+    if data is _MISSING:
+        export = anomalib_export.find_export(component_dir)
+        if export is None:
+            raise ManifestError(
+                f"{path}: no manifest. Each model component directory needs a {MANIFEST_FILE} "
+                "(see the manifest format in the README), or the files of an anomalib ONNX export "
+                "(model.onnx, and metadata.json for anomalib 1.x)."
+            )
+        return anomalib_export.export_manifest(component_dir, export)
+    if isinstance(data, dict) and anomalib_export.MANIFEST_KEY in data:
+        return anomalib_export.export_manifest_with(component_dir, data)
+    return parse_manifest(component_dir, data)
+
+
+_MISSING = object()
+
+
+def _read_json(path: Path) -> Any:
+    """A JSON file's content, or ``_MISSING`` when there is no such file."""
     try:
         text = path.read_text(encoding="utf-8")
     except FileNotFoundError:
-        raise ManifestError(
-            f"{path}: no manifest. Each model component directory needs a {MANIFEST_FILE} "
-            "(see the manifest format in the README)."
-        ) from None
+        return _MISSING
     except (OSError, UnicodeDecodeError) as exc:
         raise ManifestError(f"{path}: cannot read the manifest ({exc}). Check the file and its permissions.") from None
     try:
-        data = json.loads(text)
+        return json.loads(text)
     except json.JSONDecodeError as exc:
         raise ManifestError(
             f"{path}: not valid JSON (line {exc.lineno}, column {exc.colno}: {exc.msg}). Fix the file."
         ) from None
-    return parse_manifest(component_dir, data)

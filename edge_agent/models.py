@@ -278,7 +278,7 @@ class ModelManager:
             return
         entry.arn = manifest.lookout_vision_model_arn
         entry.state = ModelState.STOPPED
-        entry.status_message = ""
+        entry.status_message = manifest.origin  # e.g. "anomalib 2.x export (detected)"; "" for a manifest.json
 
     def _get(self, name: str) -> _Entry:
         """Finds an entry (caller holds the lock)."""

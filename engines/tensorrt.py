@@ -468,7 +468,7 @@ def _device_memory_size(engine: Any) -> int:
 def engine_key(runtime: GpuRuntime, cache: EngineCache, onnx_path: Path, options: BuildOptions) -> EngineKey:
     props = runtime.device.properties
     return EngineKey(
-        onnx_sha256=cache.file_sha256(onnx_path), tensorrt_version=runtime.tensorrt_version,
+        onnx_sha256=cache.model_sha256(onnx_path), tensorrt_version=runtime.tensorrt_version,
         gpu_name=props.name,
         compute_capability=props.compute_capability_str, fp16=options.fp16,
         workspace_bytes=options.workspace_bytes, max_batch=options.max_batch, input_shape=options.input_shape,

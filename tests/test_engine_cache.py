@@ -161,3 +161,30 @@ def test_default_cache_dir_is_under_the_user_cache_dir(monkeypatch, tmp_path: Pa
     monkeypatch.setenv("XDG_CACHE_HOME", str(tmp_path))
     assert default_cache_dir() == tmp_path / "edge-agent" / "engines"
     assert EngineCache().root == tmp_path / "edge-agent" / "engines"
+
+
+def test_model_hash_changes_when_external_weights_change(tmp_path: Path) -> None:
+    import numpy as np
+    import onnx
+    from onnx import TensorProto, helper, numpy_helper
+
+    from edge_agent.engine_cache import EngineCache
+
+    def save(weight: float) -> Path:
+        init = numpy_helper.from_array(np.full((64, 64), weight, np.float32), "w")
+        graph = helper.make_graph([helper.make_node("MatMul", ["x", "w"], ["y"])], "g",
+                                  [helper.make_tensor_value_info("x", TensorProto.FLOAT, [1, 64])],
+                                  [helper.make_tensor_value_info("y", TensorProto.FLOAT, [1, 64])], [init])
+        model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", 17)])
+        path = tmp_path / "model.onnx"
+        (tmp_path / "model.onnx.data").unlink(missing_ok=True)  # onnx.save appends to an existing one
+        onnx.save(model, str(path), save_as_external_data=True, all_tensors_to_one_file=True,
+                  location="model.onnx.data", size_threshold=0)
+        return path
+
+    path = save(1.0)
+    first = EngineCache(tmp_path / "cache").model_sha256(path)
+    graph_bytes = path.read_bytes()
+    save(2.0)
+    assert path.read_bytes() == graph_bytes  # only the weights file changed
+    assert EngineCache(tmp_path / "cache").model_sha256(path) != first

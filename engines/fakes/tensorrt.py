@@ -31,6 +31,7 @@ from __future__ import annotations
 import enum
 import hashlib
 import json
+import os
 import struct
 import sys
 import threading
@@ -259,6 +260,7 @@ class OnnxParser:
 
     def parse(self, model: bytes, path: str | None = None) -> bool:
         import onnx
+        from onnx import external_data_helper
 
         try:
             proto = onnx.load_model_from_string(bytes(model))
@@ -268,6 +270,19 @@ class OnnxParser:
             self._errors.append(ParserError(f"Failed to parse ONNX model: {exc}"))
             self.logger.log(Severity.ERROR, "ModelImporter.cpp: Failed to parse ONNX model from file")
             return False
+        if any(external_data_helper.uses_external_data(t) for t in proto.graph.initializer):
+            # Like TensorRT: weights in a separate file are found beside the model's path.
+            if path is None:
+                self._errors.append(ParserError("Failed to import initializer: the model keeps its weights in an "
+                                                "external data file; parse it with parse_from_file or pass "
+                                                "its path."))
+                return False
+            try:
+                external_data_helper.load_external_data_for_model(proto, os.path.dirname(os.path.abspath(path)))
+            except Exception as exc:
+                self._errors.append(ParserError(f"Failed to import initializer: {exc}"))
+                return False
+            model = proto.SerializeToString()
         initializers = {init.name for init in proto.graph.initializer}
         try:
             inputs = [_tensor(v) for v in proto.graph.input if v.name not in initializers]
@@ -588,7 +603,8 @@ class _EngineBase:
         self._outputs = [ITensor.from_json(t) for t in header["outputs"]]
         self._tensors = {t.name: t for t in (*self._inputs, *self._outputs)}
         self._session: Any = None
-        self._session_lock = threading.Lock()  # guards _session creation
+        self._session_lock = threading.Lock()  # guards _session creation and _output_shapes
+        self._output_shapes: dict[tuple[tuple[str, tuple[int, ...]], ...], dict[str, tuple[int, ...]]] = {}
         self.name = "fake-engine"
 
     def __del__(self) -> None:
@@ -653,6 +669,23 @@ class _EngineBase:
             return None
         return self._context_class(self, memory)
 
+    def output_shapes(self, input_shapes: tuple[tuple[str, tuple[int, ...]], ...]) -> dict[str, tuple[int, ...]]:
+        """Output shapes for these input shapes, found by running the graph once (cached)."""
+        with self._session_lock:
+            cached = self._output_shapes.get(input_shapes)
+        if cached is not None:
+            return cached
+        feeds = {}
+        for tensor in self._inputs:
+            shape = dict(input_shapes)[tensor.name]
+            feeds[tensor.name] = np.zeros(shape, dtype=np.dtype(nptype(tensor.dtype)))
+        names = [t.name for t in self._outputs]
+        values = self.session().run(names, feeds)
+        shapes = {name: tuple(int(d) for d in value.shape) for name, value in zip(names, values, strict=True)}
+        with self._session_lock:
+            self._output_shapes[input_shapes] = shapes
+        return shapes
+
     def session(self) -> Any:
         with self._session_lock:
             if self._session is None:
@@ -712,7 +745,12 @@ class _ContextBase:
             return (-1,)
         if engine.get_tensor_mode(name) is TensorIOMode.INPUT:
             return self._shapes.get(name, tensor.shape)
-        return _resolve(tensor, _bind_symbols(engine._inputs, self._shapes))
+        shape = _resolve(tensor, _bind_symbols(engine._inputs, self._shapes))
+        if -1 in shape and all(t.name in self._shapes for t in engine._inputs):
+            # A dimension no input names (e.g. after a Resize): TensorRT's shape analysis knows it
+            # once the inputs' shapes are set; the fake finds it by running the graph on zeros.
+            shape = engine.output_shapes(tuple((t.name, self._shapes[t.name]) for t in engine._inputs))[name]
+        return shape
 
     def set_tensor_address(self, name: str, memory: int) -> bool:
         if self.engine.get_tensor_mode(name) is TensorIOMode.NONE:
