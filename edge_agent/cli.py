@@ -153,6 +153,21 @@ def _prepare_default_demo_models(demo_dir: Path) -> None:
     LOGGER.info("no --models-dir given: serving the demo models in %s", demo_dir)
 
 
+def _cmd_convert_anomalib(args: argparse.Namespace) -> int:
+    from edge_agent.anomalib_export import convert_anomalib
+
+    try:
+        manifest = convert_anomalib(Path(args.export_dir), Path(args.component_dir),
+                                    lookout_vision_model_arn=args.arn or "", description=args.description or "",
+                                    color=args.color, overwrite=args.overwrite)
+    except EdgeAgentError as exc:
+        print(f"error: {exc}", file=sys.stderr)
+        return 2
+    print(f"{manifest.manifest_path} written ({manifest.origin or 'anomalib export'}); edit it if you like, "
+          "then copy the directory into a models directory")
+    return 0
+
+
 def _cmd_demo_models(args: argparse.Namespace) -> int:
     from edge_agent import demo
 
@@ -383,6 +398,16 @@ def build_parser() -> argparse.ArgumentParser:
     build.add_argument("--cache-dir", metavar="DIR", help="TensorRT engine cache (default ~/.cache/edge-agent/engines)")
     build.add_argument("--fake-gpu-memory", metavar="SIZE", help="build for the fake GPU (for trying without one)")
     build.set_defaults(func=_cmd_build_engines)
+
+    convert = commands.add_parser("convert-anomalib",
+                                  help="turn an anomalib export into a component directory with a full manifest")
+    convert.add_argument("export_dir", metavar="EXPORT_DIR", help="anomalib's export root, or the folder of model.onnx")
+    convert.add_argument("component_dir", metavar="COMPONENT_DIR", help="the component directory to write")
+    convert.add_argument("--arn", help="lookout_vision_model_arn to report in ListModels/DescribeModel")
+    convert.add_argument("--description", help="a description for the manifest")
+    convert.add_argument("--color", default="#FF0000", help="mask colour of the 'anomaly' type (default #FF0000)")
+    convert.add_argument("--overwrite", action="store_true", help="replace a non-empty COMPONENT_DIR")
+    convert.set_defaults(func=_cmd_convert_anomalib)
 
     demo = commands.add_parser("demo-models", help="build the demo model components into DIR")
     demo.add_argument("directory", metavar="DIR")

@@ -495,3 +495,23 @@ def test_threshold_decides_at_the_threshold_as_its_compare_says(compare: str, at
     threshold = Threshold(0.5, 0.0, 1.0, compare)
     assert threshold.exceeded(0.5) is at_threshold and threshold.exceeded(0.51) and not threshold.exceeded(0.49)
     assert threshold.exceeded_map(np.array([0.49, 0.5, 0.51])).tolist() == [False, at_threshold, True]
+
+
+def test_convert_anomalib_command_writes_a_component_the_agent_serves(tmp_path: Path, short_tmp: Path,
+                                                                      capsys: pytest.CaptureFixture[str]) -> None:
+    from edge_agent.cli import main
+
+    target = tmp_path / "models" / "brick-padim"
+    code = main(["convert-anomalib", str(EXPORTS["2.x"]), str(target), "--arn", ARN, "--color", "#00FF00"])
+    assert code == 0, capsys.readouterr().err
+    manifest = json.loads((target / "manifest.json").read_text())
+    assert manifest["lookout_vision_model_arn"] == ARN
+    assert manifest["anomaly_types"] == [{"name": "anomaly", "color": "#00FF00"}]
+    assert main(["convert-anomalib", str(EXPORTS["2.x"]), str(target)]) == 2  # not empty, no --overwrite
+    assert "overwrite" in capsys.readouterr().err
+    agent = start_agent([tmp_path / "models"], short_tmp)
+    try:
+        assert agent.start_and_wait("brick-padim").status == pb2.RUNNING
+    finally:
+        agent.channel.close()
+        agent.agent.stop(1.0)
