@@ -3,7 +3,10 @@
 from __future__ import annotations
 
 import shutil
+import subprocess
+import sys
 import tempfile
+import time
 from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
@@ -83,3 +86,33 @@ def running_agent(models_dir: Path, short_tmp: Path) -> Iterator[RunningAgent]:
     finally:
         running.channel.close()
         running.agent.stop(grace_s=1.0)
+
+
+# -- `edge-agent serve` as a real process ------------------------------------------------------------
+
+
+def spawn_serve(socket_path: Path, models_dir: Path, *extra: str) -> subprocess.Popen[str]:
+    """Starts ``edge-agent serve`` (metrics off unless ``extra`` names a port)."""
+    metrics = () if "--metrics-port" in extra else ("--metrics-port", "0")
+    return subprocess.Popen(
+        [sys.executable, "-m", "edge_agent.cli", "serve", "--socket", str(socket_path),
+         "--models-dir", str(models_dir), *metrics, *extra],
+        stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
+    )
+
+
+def wait_ready(socket_path: Path, timeout_s: float = 120.0) -> grpc.Channel:
+    """A channel to the agent once it answers (generous: the machine may be loaded)."""
+    channel = grpc.insecure_channel(f"unix://{socket_path}")
+    grpc.channel_ready_future(channel).result(timeout=timeout_s)
+    return channel
+
+
+def wait_model(stub: pb2_grpc.EdgeAgentStub, name: str, timeout_s: float = 120.0) -> pb2.ModelDescription:
+    """Polls DescribeModel while the model is STARTING, as clients do."""
+    deadline = time.monotonic() + timeout_s
+    while True:
+        description = stub.DescribeModel(pb2.DescribeModelRequest(model_component=name)).model_description
+        if description.status != pb2.STARTING or time.monotonic() > deadline:
+            return description
+        time.sleep(0.05)

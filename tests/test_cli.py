@@ -8,7 +8,6 @@ import signal
 import socket
 import subprocess
 import sys
-import time
 from collections.abc import Iterator
 from pathlib import Path
 
@@ -22,7 +21,7 @@ import edge_agent_pb2_grpc as pb2_grpc
 from edge_agent.cli import main
 from edge_agent.server import prepare_socket_path
 from tests import model_factory
-from tests.conftest import RunningAgent
+from tests.conftest import RunningAgent, spawn_serve, wait_model, wait_ready
 
 
 def write_png(path: Path, image: np.ndarray) -> Path:
@@ -87,20 +86,6 @@ def test_cli_says_agent_not_running_when_socket_absent(short_tmp: Path, capsys: 
 # -- serve as a real process ----------------------------------------------------------------------
 
 
-def spawn_serve(socket_path: Path, models_dir: Path, *extra: str) -> subprocess.Popen[str]:
-    return subprocess.Popen(
-        [sys.executable, "-m", "edge_agent.cli", "serve", "--socket", str(socket_path),
-         "--models-dir", str(models_dir), *(extra or ("--metrics-port", "0"))],
-        stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
-    )
-
-
-def wait_ready(socket_path: Path, timeout_s: float = 120.0) -> grpc.Channel:
-    channel = grpc.insecure_channel(f"unix://{socket_path}")
-    grpc.channel_ready_future(channel).result(timeout=timeout_s)
-    return channel
-
-
 @pytest.fixture
 def serve_process(models_dir: Path, short_tmp: Path) -> Iterator[tuple[subprocess.Popen[str], Path]]:
     socket_path = short_tmp / "agent.sock"
@@ -120,10 +105,7 @@ def test_serve_answers_then_exits_zero_and_removes_socket_when_sigterm(
     channel = wait_ready(socket_path)
     stub = pb2_grpc.EdgeAgentStub(channel)
     stub.StartModel(pb2.StartModelRequest(model_component="redness-seg"))
-    deadline = time.monotonic() + 30
-    while stub.DescribeModel(pb2.DescribeModelRequest(model_component="redness-seg")).model_description.status \
-            != pb2.RUNNING and time.monotonic() < deadline:
-        time.sleep(0.05)
+    assert wait_model(stub, "redness-seg").status == pb2.RUNNING
     assert oct(os.stat(socket_path).st_mode & 0o777) == oct(0o660)
     channel.close()
     process.send_signal(signal.SIGTERM)

@@ -3,13 +3,10 @@
 from __future__ import annotations
 
 import signal
-import subprocess
-import sys
 import time
 from collections.abc import Iterator
 from pathlib import Path
 
-import grpc
 import pytest
 from prometheus_client import CollectorRegistry, generate_latest
 from prometheus_client.parser import text_string_to_metric_families
@@ -22,7 +19,7 @@ from edge_agent.engines.tensorrt import TensorRTProvider, fake_gpu_provider
 from edge_agent.metrics import AgentMetrics
 from edge_agent.models import ModelManager, ModelState
 from tests import model_factory
-from tests.conftest import start_agent
+from tests.conftest import spawn_serve, start_agent, wait_model, wait_ready
 
 FRAME = model_factory.with_patch(model_factory.grey_frame(96, 80), 8, 8, 24, 24, (255, 0, 0))
 GPU_BYTES = 512 * 2**20
@@ -124,20 +121,13 @@ def test_shutdown_frees_the_fake_gpu_back_to_baseline(models_dir: Path, short_tm
 
 def test_serve_runs_models_on_the_fake_gpu_when_asked(models_dir: Path, short_tmp: Path, tmp_path: Path) -> None:
     socket_path = short_tmp / "agent.sock"
-    process = subprocess.Popen(
-        [sys.executable, "-m", "edge_agent.cli", "serve", "--socket", str(socket_path), "--models-dir",
-         str(models_dir), "--metrics-port", "0", "--fake-gpu-memory", "512MiB", "--cache-dir",
-         str(tmp_path / "engines")], stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    process = spawn_serve(socket_path, models_dir, "--fake-gpu-memory", "512MiB", "--cache-dir",
+                          str(tmp_path / "engines"))
     try:
-        channel = grpc.insecure_channel(f"unix://{socket_path}")
-        grpc.channel_ready_future(channel).result(timeout=60)
+        channel = wait_ready(socket_path)
         stub = pb2_grpc.EdgeAgentStub(channel)
         stub.StartModel(pb2.StartModelRequest(model_component="redness-seg"))
-        deadline = time.monotonic() + 120
-        while (description := stub.DescribeModel(
-                pb2.DescribeModelRequest(model_component="redness-seg")).model_description).status == pb2.STARTING:
-            assert time.monotonic() < deadline
-            time.sleep(0.1)
+        description = wait_model(stub, "redness-seg")
         assert description.status == pb2.RUNNING, description.status_message
         assert "Fake GPU" in description.status_message
         request = pb2.DetectAnomaliesRequest(

@@ -6,8 +6,6 @@ import json
 import shutil
 import signal
 import socket
-import subprocess
-import sys
 import urllib.request
 from collections.abc import Iterator
 from dataclasses import dataclass
@@ -27,6 +25,7 @@ from edge_agent.metrics import PHASES, AgentMetrics, start_http
 from edge_agent.models import ModelManager, ModelState
 from edge_agent.server import create_server
 from tests import model_factory
+from tests.conftest import spawn_serve, wait_model, wait_ready
 
 GREY = model_factory.grey_frame(96, 80)
 RED = model_factory.with_patch(GREY, 10, 10, 20, 20, (255, 0, 0))
@@ -201,18 +200,13 @@ def test_build_info_names_version_and_backend(metrics_agent: MetricsAgent) -> No
 def test_serve_logs_lifecycle_events_as_json_and_serves_metrics_port(models_dir: Path, short_tmp: Path) -> None:
     socket_path = short_tmp / "agent.sock"
     port = free_port()
-    process = subprocess.Popen(
-        [sys.executable, "-m", "edge_agent.cli", "--log-format", "json", "serve", "--socket", str(socket_path),
-         "--models-dir", str(models_dir), "--metrics-port", str(port), "--metrics-address", "127.0.0.1"],
-        stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    process = spawn_serve(socket_path, models_dir, "--log-format", "json", "--metrics-port", str(port),
+                          "--metrics-address", "127.0.0.1")
     try:
-        channel = grpc.insecure_channel(f"unix://{socket_path}")
-        grpc.channel_ready_future(channel).result(timeout=120)
+        channel = wait_ready(socket_path)
         stub = pb2_grpc.EdgeAgentStub(channel)
         stub.StartModel(pb2.StartModelRequest(model_component="redness-seg"))
-        while stub.DescribeModel(pb2.DescribeModelRequest(model_component="redness-seg")).model_description.status \
-                == pb2.STARTING:
-            pass
+        assert wait_model(stub, "redness-seg").status == pb2.RUNNING
         text = urllib.request.urlopen(f"http://127.0.0.1:{port}/metrics", timeout=10).read().decode()
         assert 'edge_agent_model_state{edge_agent_model_state="RUNNING",model_component="redness-seg"} 1.0' in text
         channel.close()

@@ -5,8 +5,6 @@ from __future__ import annotations
 import os
 import random
 import signal
-import subprocess
-import sys
 import threading
 import time
 import urllib.request
@@ -20,7 +18,7 @@ import edge_agent_pb2 as pb2
 import edge_agent_pb2_grpc as pb2_grpc
 from edge_agent.client import OwnedSegment
 from tests import model_factory
-from tests.conftest import RunningAgent, start_agent
+from tests.conftest import RunningAgent, spawn_serve, start_agent, wait_model, wait_ready
 from tests.test_metrics import free_port
 
 FRAME = model_factory.with_patch(model_factory.grey_frame(64, 64), 8, 8, 16, 16, (255, 0, 0))
@@ -46,20 +44,12 @@ def test_sigterm_lets_calls_in_flight_finish_then_exits_zero(tmp_path: Path, sho
     model_factory.slow_model(models_dir / "slow" / "model.onnx")
     socket_path = short_tmp / "agent.sock"
     port = free_port()
-    process = subprocess.Popen(
-        [sys.executable, "-m", "edge_agent.cli", "serve", "--socket", str(socket_path), "--models-dir",
-         str(models_dir), "--metrics-port", str(port), "--metrics-address", "127.0.0.1"],
-        stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    process = spawn_serve(socket_path, models_dir, "--metrics-port", str(port), "--metrics-address", "127.0.0.1")
     try:
-        channel = grpc.insecure_channel(f"unix://{socket_path}")
-        grpc.channel_ready_future(channel).result(timeout=120)
+        channel = wait_ready(socket_path)
         stub = pb2_grpc.EdgeAgentStub(channel)
         stub.StartModel(pb2.StartModelRequest(model_component="slow"))
-        deadline = time.monotonic() + 60
-        while stub.DescribeModel(pb2.DescribeModelRequest(model_component="slow")).model_description.status \
-                != pb2.RUNNING:
-            assert time.monotonic() < deadline
-            time.sleep(0.05)
+        assert wait_model(stub, "slow").status == pb2.RUNNING
         answers: list[object] = []
         calls = [threading.Thread(target=lambda: answers.append(stub.DetectAnomalies(_request("slow"), timeout=60)))
                  for _ in range(3)]
@@ -88,17 +78,12 @@ def test_second_signal_exits_at_once(tmp_path: Path, short_tmp: Path) -> None:
     model_factory.write_component(models_dir, "slow", "segmentation")
     model_factory.slow_model(models_dir / "slow" / "model.onnx", repeats=600)
     socket_path = short_tmp / "agent.sock"
-    process = subprocess.Popen(
-        [sys.executable, "-m", "edge_agent.cli", "serve", "--socket", str(socket_path), "--models-dir",
-         str(models_dir), "--metrics-port", "0"], stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
-    channel = grpc.insecure_channel(f"unix://{socket_path}")
+    process = spawn_serve(socket_path, models_dir)
+    channel = wait_ready(socket_path)
     try:
-        grpc.channel_ready_future(channel).result(timeout=120)
         stub = pb2_grpc.EdgeAgentStub(channel)
         stub.StartModel(pb2.StartModelRequest(model_component="slow"))
-        while stub.DescribeModel(pb2.DescribeModelRequest(model_component="slow")).model_description.status \
-                != pb2.RUNNING:
-            time.sleep(0.05)
+        assert wait_model(stub, "slow").status == pb2.RUNNING
         future = stub.DetectAnomalies.future(_request("slow"), timeout=120)
         time.sleep(0.2)  # let the call reach the model; the assertion below does not depend on it
         process.send_signal(signal.SIGTERM)
