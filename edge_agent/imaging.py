@@ -159,7 +159,34 @@ def upscale_labels(labels: np.ndarray, width: int, height: int) -> np.ndarray:
 
 def paint(labels: np.ndarray, palette: np.ndarray) -> np.ndarray:
     """Paints a (H, W) label map with an (N, 3) uint8 palette: (H, W, 3) RGB888."""
-    return palette[labels]
+    return paint_and_count(labels, palette)[0]
+
+
+def paint_and_count(labels: np.ndarray, palette: np.ndarray) -> tuple[np.ndarray, list[int]]:
+    """Paints a label map and counts its pixels per label, both in Pillow's C loops.
+
+    Returns a read-only (H, W, 3) uint8 view over one ``bytes`` object (``mask_bytes`` gets it
+    back without a copy) and one count per palette entry. Profiles showed numpy's
+    ``palette[labels]`` and ``bincount`` (an int64 copy of the labels) as the agent's largest
+    cost on large frames.
+    """
+    height, width = labels.shape
+    source = np.ascontiguousarray(labels, dtype=np.uint8)
+    indexed = Image.frombuffer("P", (width, height), source, "raw", "P", 0, 1)
+    indexed.putpalette(palette.astype(np.uint8).tobytes())
+    counts = indexed.histogram()[: len(palette)]
+    raw = indexed.convert("RGB").tobytes()
+    return np.frombuffer(raw, dtype=np.uint8).reshape(height, width, 3), counts
+
+
+def mask_bytes(mask: np.ndarray) -> bytes:
+    """The mask's RGB888 bytes: the buffer under a painted mask itself, or a packed copy."""
+    base = mask
+    while isinstance(base, np.ndarray) and base.base is not None:
+        base = base.base
+    if isinstance(base, bytes) and len(base) == mask.nbytes and mask.flags.c_contiguous:
+        return base
+    return mask.tobytes()
 
 
 def hex_to_rgb(color: str) -> tuple[int, int, int]:

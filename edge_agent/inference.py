@@ -19,7 +19,7 @@ import numpy as np
 from edge_agent.constants import MIN_CONFIDENCE
 from edge_agent.engines.base import Backend, TensorInfo
 from edge_agent.errors import InferenceError, ModelLoadError
-from edge_agent.imaging import Frame, Preprocessor, hex_to_rgb, paint, upscale_labels, upscale_map
+from edge_agent.imaging import Frame, Preprocessor, hex_to_rgb, paint_and_count, upscale_labels, upscale_map
 from edge_agent.manifest import BACKGROUND_COLOR, BACKGROUND_NAME, RESIZE_TORCH_BILINEAR, InputSpec, Manifest
 
 LOGGER = logging.getLogger(__name__)
@@ -169,8 +169,7 @@ class ModelRunner:
         anomalies: tuple[AnomalyArea, ...] = ()
         labels = self._labels(outputs, width, height)
         if labels is not None:
-            mask = paint(labels, self.palette)
-            counts = np.bincount(labels.ravel(), minlength=len(self.class_names))
+            mask, counts = paint_and_count(labels, self.palette)
             total = float(width * height)
             anomalies = tuple(
                 AnomalyArea(self.class_names[i], counts[i] / total, self.class_colors[i])

@@ -38,7 +38,7 @@ from edge_agent.errors import (
     ResourceExhaustedError,
     WrongStateError,
 )
-from edge_agent.imaging import Frame, check_size, frame_from_bytes, frame_from_segment
+from edge_agent.imaging import Frame, check_size, frame_from_bytes, frame_from_segment, mask_bytes
 from edge_agent.inference import Detection
 from edge_agent.metrics import AgentMetrics, start_http
 from edge_agent.models import ModelManager, ModelState, validate_component_name
@@ -227,7 +227,7 @@ def _result(detection: Detection, frame: Frame, target: _MaskTarget | None) -> p
     mask = result.anomaly_mask
     mask.width, mask.height = frame.width, frame.height
     if target is None:
-        mask.byte_data = detection.mask.tobytes()
+        mask.byte_data = mask_bytes(detection.mask)
     else:
         needed = frame.width * frame.height * RGB_BYTES_PER_PIXEL
         if target.segment.size < needed:

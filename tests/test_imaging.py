@@ -344,3 +344,18 @@ def test_frame_to_pil_sees_packed_rows_when_built_directly() -> None:
     frame = Frame(64, 64, 192, image.reshape(-1))
     assert frame.to_pil().size == (64, 64)
     np.testing.assert_array_equal(np.asarray(frame.to_pil()), image)
+
+
+def test_paint_and_count_matches_numpy_and_hands_back_its_bytes_without_copy() -> None:
+    from edge_agent.imaging import mask_bytes, paint_and_count
+
+    rng = np.random.default_rng(3)
+    labels = rng.integers(0, 3, size=(97, 131), dtype=np.uint8)
+    palette = np.array([[255, 255, 255], [255, 0, 0], [0, 192, 0]], dtype=np.uint8)
+    mask, counts = paint_and_count(labels, palette)
+    np.testing.assert_array_equal(mask, palette[labels])
+    assert list(counts) == list(np.bincount(labels.ravel(), minlength=3))
+    raw = mask_bytes(mask)
+    assert raw == mask.tobytes()
+    assert mask_bytes(mask) is raw  # the painted buffer itself, not a copy
+    assert mask_bytes(palette[labels]) == raw  # any other array is packed
