@@ -25,7 +25,6 @@ from typing import Protocol
 from edge_agent.constants import (
     DEFAULT_LOADER_THREADS,
     DEFAULT_MAX_REQUESTS_PER_MODEL,
-    MANIFEST_FILE,
     MAX_COMPONENT_NAME_BYTES,
     STOP_DRAIN_TIMEOUT_S,
 )
@@ -121,7 +120,7 @@ class _Entry:
         self.in_flight = 0
         self.reserved_bytes = 0  # memory set aside for a load in progress
         self.load_seconds = 0.0  # StartModel to RUNNING, last successful load
-        self.signature: tuple[float, ...] = ()
+        self.signature: tuple[object, ...] = ()
         self.present = True
 
     def info(self) -> ModelInfo:
@@ -136,16 +135,43 @@ class _Entry:
         )
 
 
-def _signature(component_dir: Path) -> tuple[float, ...]:
-    """Changes when the manifest or the directory listing changes."""
-    values: list[float] = []
-    for path in (component_dir, component_dir / MANIFEST_FILE):
-        try:
-            st = path.stat()
-            values += [st.st_mtime_ns, st.st_size, st.st_ino]
-        except OSError:
-            values += [-1, -1, -1]
+def _signature(component_dir: Path) -> tuple[object, ...]:
+    """Changes when any file of the component (manifest, model) is added, removed or rewritten."""
+    values: list[object] = []
+    try:
+        for child in sorted(os.scandir(component_dir), key=lambda e: e.name):
+            st = child.stat()
+            values.append((child.name, st.st_mtime_ns, st.st_size, st.st_ino))
+    except OSError:
+        values.append(None)
     return tuple(values)
+
+
+def _check_onnx(manifest: Manifest) -> None:
+    """Parses the ONNX graph (weights left on disk) so a broken file is FAILED before anyone starts it."""
+    if manifest.model_file.suffix.lower() != ".onnx":
+        return  # a serialized TensorRT plan: its engine checks it at load
+    import onnx
+
+    try:
+        model = onnx.load_model(str(manifest.model_file), load_external_data=False)
+    except Exception as exc:  # protobuf raises several types for garbage
+        raise EdgeAgentError(
+            f"{manifest.model_file}: not a readable ONNX model ({_first_line(exc)})."
+            " Copy or export the file again."
+        ) from None
+    outputs = {value.name for value in model.graph.output}
+    if not outputs:
+        raise EdgeAgentError(f"{manifest.model_file}: the ONNX graph has no outputs (the file is truncated or "
+                             "not a model). Copy or export it again.")
+    named = manifest.outputs
+    for field, value in (("image_score", named.image_score), ("anomaly_map", named.anomaly_map),
+                         ("segmentation", named.segmentation)):
+        if value is not None and value not in outputs:
+            raise EdgeAgentError(
+                f"{manifest.model_file}: the manifest's outputs.{field} {value!r} is not an output of the model "
+                f"(its outputs: {sorted(outputs)}). Fix outputs.{field} in {manifest.manifest_path}."
+            )
 
 
 class ModelManager:
@@ -271,6 +297,7 @@ class ModelManager:
                     f"{manifest.model_file}: model file not found. Put the model there or fix model_file in "
                     f"{manifest.manifest_path}."
                 )
+            _check_onnx(manifest)
         except EdgeAgentError as exc:
             entry.state = ModelState.FAILED
             entry.status_message = str(exc)
@@ -542,3 +569,8 @@ def _wait_hint(state: ModelState) -> str:
         ModelState.STOPPED: "Call StartModel and poll DescribeModel until it is RUNNING.",
         ModelState.FAILED: "Read its status_message in DescribeModel, fix the cause, then call StartModel.",
     }[state]
+
+
+def _first_line(exc: BaseException) -> str:
+    lines = str(exc).strip().splitlines()
+    return lines[0][:200] if lines else type(exc).__name__

@@ -387,3 +387,14 @@ def test_health_reports_serving_and_per_model_status(running_agent: RunningAgent
     running_agent.stub.StopModel(pb2.StopModelRequest(model_component="redness-seg"))
     model = health.Check(health_pb2.HealthCheckRequest(service="redness-seg"))
     assert model.status == health_pb2.HealthCheckResponse.NOT_SERVING
+
+
+def test_list_models_shows_failed_when_onnx_is_corrupt_before_anyone_starts_it(running_agent: RunningAgent) -> None:
+    path = running_agent.models_dir / "redness-cls" / "model.onnx"
+    path.write_bytes(path.read_bytes()[:40])  # truncated in place, same name
+    models = {m.model_component: m for m in running_agent.stub.ListModels(pb2.ListModelsRequest()).models}
+    assert models["redness-cls"].status == pb2.FAILED
+    assert "redness-cls/model.onnx" in models["redness-cls"].status_message
+    model_factory.anomaly_map_model(path, with_map=False)  # fixed: back to STOPPED without a restart
+    models = {m.model_component: m for m in running_agent.stub.ListModels(pb2.ListModelsRequest()).models}
+    assert models["redness-cls"].status == pb2.STOPPED
