@@ -5,8 +5,9 @@ BIN := $(VENV)/bin
 DEMO_DIR ?= .demo/models
 SAMPLES_DIR ?= .demo/samples
 PYTEST_ARGS ?=
+BENCH_ARGS ?=
 
-.PHONY: run test venv dev demo lint proto clean
+.PHONY: run test venv dev demo lint proto clean bench
 
 $(BIN)/python:
 	$(PYTHON) -m venv $(VENV)
@@ -35,7 +36,11 @@ test: $(VENV)/.dev-installed
 	$(BIN)/python -m pytest $(PYTEST_ARGS)
 
 lint: $(VENV)/.dev-installed
-	$(BIN)/python -m ruff check edge_agent engines tests
+	$(BIN)/python -m ruff check edge_agent engines tests bench
+
+# The benchmark suite (see BENCHMARKS.md): make bench BENCH_ARGS='--preset full'
+bench: $(VENV)/.dev-installed
+	$(BIN)/python -m bench $(BENCH_ARGS)
 
 # Regenerates the committed stubs after an edit of proto/edge-agent.proto.
 proto: $(VENV)/.dev-installed

@@ -1,0 +1,368 @@
+"""Candidate implementations, measured side by side with the agent's code on the same inputs.
+
+Nothing here is used by the agent. These are reference versions of the changes BENCHMARKS.md
+proposes, so that each proposal comes with a measured gain and a check that it gives the same answer:
+
+* ``box_reduce_preprocess``: pre-processing that never hands the full frame to Pillow. Pillow keeps
+  RGB images four bytes a pixel, so wrapping a 4096x4096 frame unpacks 48 MiB into a new 64 MiB
+  image before any resizing (most of today's cost at that size). Instead, numpy averages the rows of
+  the integer box blocks Pillow's ``reducing_gap`` would reduce (straight from the frame buffer or its
+  padded rows); Pillow reduces the columns and resizes only that image, ``fy`` times smaller. Same
+  factors as Pillow; rounding the vertical and horizontal means separately keeps the result within
+  one grey level of Pillow's.
+* ``streamed_reduce``: the same for a shared-memory frame, read with ``preadv`` in blocks of rows into
+  one reused buffer (still never mapping the client's segment, so a client that shrinks it cannot
+  crash the agent), instead of copying the whole frame into a new array first.
+* ``fast_mask``: the anomaly map upscaled bilinearly exactly as Pillow does (same taps and weights, same
+  double accumulation rounded to float32), but thresholded without materializing the full-size float
+  map: a pixel between two source rows that are both above (or both below) the threshold is above (or
+  below) it too, so only the columns that straddle the threshold are interpolated; whole rows of the
+  painted mask are copied from a small painted image. Same mask and areas as today.
+"""
+
+from __future__ import annotations
+
+import math
+import os
+import statistics
+from collections.abc import Callable
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+from PIL import Image
+
+from bench.config import BenchConfig
+from bench.frames import parse_size
+from bench.models import ModelSpec
+from bench.timing import Row, Stats, sample_paired
+
+_RESAMPLE = {"bilinear": Image.Resampling.BILINEAR, "area": Image.Resampling.BOX,
+             "nearest": Image.Resampling.NEAREST, "bicubic": Image.Resampling.BICUBIC}
+REDUCING_GAP = 2.0  # the agent's (edge_agent/imaging.py)
+STREAM_BLOCK_BYTES = 1 << 20  # about 1 MiB of rows per read: stays in cache while it is summed
+
+
+# -- pre-processing -------------------------------------------------------------------------------
+
+
+def reduce_factors(width: int, height: int, target: tuple[int, int], gap: float = REDUCING_GAP) -> tuple[int, int]:
+    """The integer box factors Pillow's ``resize(..., reducing_gap=gap)`` reduces by first."""
+    return max(1, int(width / target[0] / gap)), max(1, int(height / target[1] / gap))
+
+
+def vertical_means(rows: np.ndarray, fy: int, out: np.ndarray | None = None) -> np.ndarray:
+    """(H, W, 3) uint8 -> (ceil(H/fy), W, 3) uint8: the rounded mean of every fy rows (the last group
+    may be shorter). Rows are summed as (groups, fy, W*3) in uint16: the inner loop runs along whole
+    rows, so numpy goes at memory speed (a (..., W, 3) layout would loop over 3 channels at a time)."""
+    height, width = rows.shape[:2]
+    flat = rows.reshape(height, width * 3)  # a view, also for padded rows
+    full = height // fy
+    if out is None:
+        out = np.empty((math.ceil(height / fy), width, 3), np.uint8)
+    target = out.reshape(out.shape[0], width * 3)
+    if full:
+        sums = flat[: full * fy].reshape(full, fy, width * 3).sum(axis=1, dtype=np.uint16)
+        sums += fy // 2
+        if fy & (fy - 1) == 0:
+            np.right_shift(sums, fy.bit_length() - 1, out=sums)
+        else:
+            np.floor_divide(sums, fy, out=sums)
+        np.copyto(target[:full], sums, casting="unsafe")
+    if height % fy:
+        rest = height - full * fy
+        target[full] = (flat[full * fy:].sum(axis=0, dtype=np.uint16) + rest // 2) // rest
+    return out
+
+
+def _resize_reduced(vertical: np.ndarray, width: int, height: int, fx: int, fy: int, target: tuple[int, int],
+                    resample: Image.Resampling) -> np.ndarray:
+    """Pillow finishes: the horizontal box reduce, then the resize of what remains (Pillow's own box)."""
+    image = Image.fromarray(vertical)
+    if fx > 1:
+        image = image.reduce((fx, 1))
+    return np.asarray(image.resize(target, resample, box=(0.0, 0.0, width / fx, height / fy)))
+
+
+def box_reduce_resize(pixels: np.ndarray, target: tuple[int, int], resample: str = "bilinear") -> np.ndarray:
+    """(H, W, 3) uint8 (rows may be padded) -> (th, tw, 3) uint8, as Pillow's reducing-gap resize.
+
+    The vertical box reduce is numpy's, straight from the frame; Pillow only ever holds an image
+    ``fy`` times smaller than the frame. Rounding the vertical and horizontal means separately puts the
+    result within one grey level of Pillow's single-step reduce.
+    """
+    height, width = pixels.shape[:2]
+    if (width, height) == target:
+        return pixels
+    mode = _RESAMPLE[resample]
+    fx, fy = reduce_factors(width, height, target)
+    if mode == Image.Resampling.NEAREST or fy == 1:  # nothing to gain: Pillow's copy is small already
+        image = Image.fromarray(np.ascontiguousarray(pixels))
+        return np.asarray(image.resize(target, mode, reducing_gap=None if mode == Image.Resampling.NEAREST
+                                       else REDUCING_GAP))
+    return _resize_reduced(vertical_means(pixels, fy), width, height, fx, fy, target, mode)
+
+
+class Normalizer:
+    """``(x * scale - mean) / std`` per channel, as one multiply-add, into an NCHW float32 batch of one."""
+
+    def __init__(self, scale: float, mean: np.ndarray, std: np.ndarray) -> None:
+        self.gain = (np.float32(scale) / std.astype(np.float32)).astype(np.float32)
+        self.bias = (-mean.astype(np.float32) / std.astype(np.float32)).astype(np.float32)
+
+    def __call__(self, pixels: np.ndarray) -> np.ndarray:
+        height, width = pixels.shape[:2]
+        out = np.empty((1, 3, height, width), np.float32)
+        for channel in range(3):
+            plane = out[0, channel]
+            np.multiply(pixels[:, :, channel], self.gain[channel], out=plane, dtype=np.float32)
+            plane += self.bias[channel]
+        return out
+
+
+def box_reduce_preprocess(pixels: np.ndarray, target: tuple[int, int], normalize: Normalizer,
+                          resample: str = "bilinear") -> np.ndarray:
+    return normalize(box_reduce_resize(pixels, target, resample))
+
+
+def streamed_reduce(path: str, offset: int, width: int, height: int, stride: int, target: tuple[int, int],
+                    buffer: np.ndarray | None = None, resample: str = "bilinear") -> np.ndarray:
+    """A shared-memory frame -> resized (th, tw, 3) uint8, read in blocks of rows with ``preadv``
+    into ``buffer`` (reused between calls) and reduced block by block."""
+    fx, fy = reduce_factors(width, height, target)
+    rows_per_block = max(fy, (STREAM_BLOCK_BYTES // stride) // fy * fy)
+    if buffer is None or buffer.size < rows_per_block * stride:
+        buffer = np.empty(rows_per_block * stride, np.uint8)
+    vertical = np.empty((math.ceil(height / fy), width, 3), np.uint8)
+    fd = os.open(path, os.O_RDONLY | os.O_CLOEXEC)
+    try:
+        for start in range(0, height, rows_per_block):
+            count = min(rows_per_block, height - start)
+            view = memoryview(buffer)[: count * stride]
+            done = 0
+            while done < view.nbytes:
+                got = os.preadv(fd, [view[done:]], offset + start * stride + done)
+                if got == 0:
+                    raise OSError("the segment shrank while it was read")
+                done += got
+            block = buffer[: count * stride].reshape(count, stride)[:, : width * 3].reshape(count, width, 3)
+            first = start // fy
+            vertical_means(block, fy, out=vertical[first: first + math.ceil(count / fy)])
+    finally:
+        os.close(fd)
+    mode = _RESAMPLE[resample]
+    if mode == Image.Resampling.NEAREST or fy == 1:
+        return np.asarray(Image.fromarray(vertical).resize(target, mode, reducing_gap=None
+                                                             if mode == Image.Resampling.NEAREST else REDUCING_GAP))
+    return _resize_reduced(vertical, width, height, fx, fy, target, mode)
+
+
+# -- post-processing ------------------------------------------------------------------------------
+
+
+def bilinear_taps(in_size: int, out_size: int) -> tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray]:
+    """Pillow's bilinear taps for an upscale (or same size): first index, second index, their weights."""
+    if out_size < in_size:
+        raise ValueError("only upscaling is handled here")
+    scale = in_size / out_size
+    centers = (np.arange(out_size, dtype=np.float64) + 0.5) * scale
+    first = np.clip(np.trunc(centers - 1.0 + 0.5), 0, None).astype(np.int64)
+    last = np.minimum(np.trunc(centers + 1.0 + 0.5).astype(np.int64), in_size)  # exclusive
+
+    def triangle(x: np.ndarray) -> np.ndarray:
+        x = np.abs(x)
+        return np.where(x < 1.0, 1.0 - x, 0.0)
+
+    w0 = triangle(first - centers + 0.5)
+    w1 = np.where(first + 1 < last, triangle(first + 1 - centers + 0.5), 0.0)
+    total = w0 + w1
+    second = np.minimum(first + 1, in_size - 1)
+    return first, second, w0 / total, w1 / total
+
+
+def fast_mask(amap: np.ndarray, width: int, height: int, threshold: float, palette: np.ndarray, *,
+              strict: bool = False) -> tuple[np.ndarray, np.ndarray]:
+    """(mask (H, W, 3) uint8, pixel counts per class) for a one-channel map, as the agent computes them.
+
+    Pillow resamples horizontally, then vertically, accumulating in double and storing float32; the
+    horizontal pass is Pillow's own (resizing to the output width only), the vertical one is done
+    here only where it can change the answer. A pixel is anomalous at or above ``threshold`` (above
+    it with ``strict``, as a manifest's ``compare: ">"`` says).
+    """
+    source = np.ascontiguousarray(amap, dtype=np.float32)
+    rows_in = source.shape[0]
+    t = np.float32(threshold)
+    if source.shape[1] != width:
+        across = np.asarray(Image.fromarray(source).resize((width, rows_in), Image.Resampling.BILINEAR))
+    else:
+        across = source
+    y0, y1, wy0, wy1 = bilinear_taps(rows_in, height)
+    exceeds = np.greater if strict else np.greater_equal
+    above = exceeds(across, t)
+    following = np.concatenate([above[1:], above[-1:]])
+    both = above & following  # rows j and j+1 both above: so is every row interpolated between them
+    straddle = above ^ following
+    # Paint the few source rows, then copy whole rows out to the full height.
+    colors = np.take(palette, both.view(np.uint8), axis=0)  # (rows_in, width, 3)
+    mask = np.take(colors, y0, axis=0)
+    counts = np.zeros(len(palette), np.int64)
+    rows_per_source = np.bincount(y0, minlength=rows_in)
+    counts[1] = int(np.count_nonzero(both, axis=1) @ rows_per_source)
+    # Interpolate only the straddling columns, on every output row between their two source rows.
+    src_rows, cols = np.nonzero(straddle)
+    repeats = rows_per_source[src_rows]
+    if repeats.sum():
+        first_row = np.searchsorted(y0, src_rows, side="left")
+        cell = np.repeat(np.arange(src_rows.size), repeats)
+        offsets = np.arange(cell.size) - np.repeat(np.cumsum(repeats) - repeats, repeats)
+        ys = first_row[cell] + offsets
+        xs = cols[cell]
+        a = across[y0[ys], xs].astype(np.float64)
+        b = across[y1[ys], xs].astype(np.float64)
+        hits = exceeds((a * wy0[ys] + b * wy1[ys]).astype(np.float32), t)
+        counts[1] += int(np.count_nonzero(hits))
+        mask[ys, xs] = np.take(palette, hits.view(np.uint8), axis=0)
+    counts[0] = width * height - counts[1:].sum()
+    return mask, counts
+
+
+# -- rows -----------------------------------------------------------------------------------------
+
+
+def candidate_rows(config: BenchConfig, models: list[ModelSpec], models_dir: Path,
+                   frames: dict[str, np.ndarray]) -> list[Row]:
+    from edge_agent.backends import select_provider
+    from edge_agent.models import ModelManager, ModelState
+
+    rows: list[Row] = []
+    manager = ModelManager([models_dir], select_provider("onnxruntime", intra_op_threads=0))
+    try:
+        for spec in models:
+            manager.start(spec.component)
+            if manager.wait_for(spec.component, [ModelState.RUNNING, ModelState.FAILED], 300) is not ModelState.RUNNING:
+                continue
+            with manager.serving(spec.component) as runner:
+                for name, frame in frames.items():
+                    rows += _frame_candidates(config, spec, runner, name, frame)
+            manager.stop(spec.component)
+    finally:
+        manager.close()
+    return rows
+
+
+def _frame_candidates(config: BenchConfig, spec: ModelSpec, runner: Any, name: str, frame: np.ndarray) -> list[Row]:
+    """Each candidate next to the agent's code it would replace, on one frame."""
+    from edge_agent import shm
+    from edge_agent.client import OwnedSegment
+    from edge_agent.imaging import frame_from_bytes, frame_from_segment
+
+    rows = []
+    width, height = parse_size(name)
+    repeats = config.repeats_for(width, height)
+    pre = runner.manifest.input
+    target = (pre.width, pre.height)
+    normalize = Normalizer(pre.scale, np.asarray(pre.mean), np.asarray(pre.std))
+    view = frame_from_bytes(width, height, frame.tobytes())
+    pixels = view.array()
+
+    def today_pre() -> np.ndarray:
+        return runner.preprocess(view)
+
+    def mine_pre() -> np.ndarray:
+        return box_reduce_preprocess(pixels, target, normalize, pre.resize)
+
+    rows.append(_compare("pre-process: numpy box pre-reduce, Pillow on the small image", spec, name, today_pre,
+                         mine_pre, config, repeats, _tensor_difference(today_pre(), mine_pre(), normalize)))
+
+    field = "bitmap.shared_memory_handle"
+    with OwnedSegment(frame.nbytes, prefix="edge-agent-bench") as segment:
+        segment.write(frame)
+        path = os.path.join("/dev/shm", segment.name[1:])
+        fx, fy = reduce_factors(width, height, target)
+        buffer = np.empty(max(fy, (STREAM_BLOCK_BYTES // (width * 3)) // fy * fy) * width * 3, np.uint8)
+
+        def today_shm() -> np.ndarray:
+            handle = shm.check_range(segment.name, 0, segment.size, field)
+            return runner.preprocess(frame_from_segment(width, height, shm.read(handle, field), field))
+
+        def mine_shm() -> np.ndarray:
+            return normalize(streamed_reduce(path, 0, width, height, width * 3, target, buffer, pre.resize))
+
+        rows.append(_compare("shm frame -> tensor: streamed preadv + box pre-reduce", spec, name, today_shm,
+                             mine_shm, config, repeats, _tensor_difference(today_shm(), mine_shm(), normalize)))
+
+    map_name = runner.manifest.outputs.anomaly_map
+    if map_name is None or runner.manifest.pixel_threshold is None:
+        return rows
+    outputs = runner.backend.infer({runner.input_name: runner.preprocess(view)})
+    amap = np.asarray(outputs[map_name]).reshape(outputs[map_name].shape[-2:])
+    threshold = runner.manifest.pixel_threshold.threshold
+    strict = getattr(runner.manifest.pixel_threshold, "compare", ">=") == ">"
+    if amap.shape[0] > height or amap.shape[1] > width:
+        return rows  # a map larger than the frame is downscaled: not handled by the candidate
+
+    def today_post() -> Any:
+        return runner.postprocess(outputs, width, height)
+
+    def mine_post() -> tuple[np.ndarray, np.ndarray]:
+        return fast_mask(amap, width, height, threshold, runner.palette, strict=strict)
+
+    detection = today_post()
+    mask, counts = mine_post()
+    differing = int(np.count_nonzero((mask != detection.mask).any(axis=2)))
+    areas = {area.name: area.fraction for area in detection.anomalies}
+    mine_area = counts[1] / (width * height)
+    today_area = areas.get(runner.class_names[1], 0.0)
+    rows.append(_compare("post-process: threshold-aware upscale, row-copied paint", spec, name, today_post, mine_post,
+                         config, repeats, f"{differing} mask pixels differ; anomalous area {mine_area:.5f} vs "
+                         f"{today_area:.5f} today"))
+    return rows
+
+
+def _compare(name: str, spec: ModelSpec, frame: str, today: Callable[[], object], mine: Callable[[], object],
+             config: BenchConfig, repeats: int, difference: str) -> Row:
+    mine_s, theirs = sample_paired(mine, {"today": today}, warmup=config.warmup, repeats=repeats,
+                                   budget_s=config.row_budget_s)
+    today_ms = statistics.median(theirs["today"]) * 1e3
+    return Row.timed("candidates", name, Stats.of(mine_s), model=spec.key, frame=frame, floor="agent today",
+                     floor_ms=today_ms, note=difference, today_ms=today_ms)
+
+
+def _tensor_difference(today: np.ndarray, mine: np.ndarray, normalize: Normalizer) -> str:
+    if today.shape != mine.shape:
+        return f"shape {mine.shape} vs {today.shape} today"
+    # In grey levels: divide the normalized difference by the per-channel gain.
+    grey = np.abs(today.astype(np.float64) - mine.astype(np.float64)) / np.abs(normalize.gain)[None, :, None, None]
+    return f"max {grey.max():.2f} grey levels from today (mean {grey.mean():.3f})"
+
+
+def thread_setting_rows(config: BenchConfig, models: list[ModelSpec], models_dir: Path,
+                        frames: dict[str, np.ndarray], floors: dict[str, Any], best: dict[str, Any], workdir: Path,
+                        measured: list[Row]) -> list[Row]:
+    """The most clients against an agent started with ``EDGE_AGENT_INTRA_OP_THREADS=1`` (a setting,
+    not code): one ONNX Runtime thread per inference, so ``cores`` inferences run side by side."""
+    from bench.agent import AgentProcess
+    from bench.rpc import concurrency_row, with_adjacent_floor
+
+    rows = []
+    clients = max(config.clients)
+    with AgentProcess(models_dir, workdir, env={"EDGE_AGENT_INTRA_OP_THREADS": "1"}) as agent:
+        for spec in models:
+            agent.start_model(spec.component)
+        for spec in models:
+            for name, frame in frames.items():
+                if config.concurrency_frames is not None and name not in config.concurrency_frames:
+                    continue
+                width, height = parse_size(name)
+                row = concurrency_row(f"unix://{agent.socket_path}", spec, name, frame, clients,
+                                      config.requests_for(width, height), best.get(spec.key))
+                with_adjacent_floor([row], floors[spec.key], best.get(spec.key), config.ort_runs)
+                row.group = "candidates"
+                row.name = f"{row.name}, EDGE_AGENT_INTRA_OP_THREADS=1"
+                today = next((r for r in measured if r.group == "concurrency" and r.model == spec.key
+                              and r.frame == name and r.extra.get("clients") == clients and r.throughput), None)
+                if today is not None:
+                    row.note = f"default settings: {today.throughput:.1f}/s"
+                    row.extra["default_per_s"] = today.throughput
+                rows.append(row)
+    return rows
