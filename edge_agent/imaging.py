@@ -179,6 +179,68 @@ def paint_and_count(labels: np.ndarray, palette: np.ndarray) -> tuple[np.ndarray
     return np.frombuffer(raw, dtype=np.uint8).reshape(height, width, 3), counts
 
 
+def bilinear_taps(in_size: int, out_size: int) -> tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray]:
+    """Pillow's bilinear taps for an upscale (or same size): first index, second index, their weights."""
+    if out_size < in_size:
+        raise ValueError("only upscaling is handled here")
+    scale = in_size / out_size
+    centers = (np.arange(out_size, dtype=np.float64) + 0.5) * scale
+    first = np.clip(np.trunc(centers - 1.0 + 0.5), 0, None).astype(np.int64)
+    last = np.minimum(np.trunc(centers + 1.0 + 0.5).astype(np.int64), in_size)  # exclusive
+
+    def triangle(x: np.ndarray) -> np.ndarray:
+        x = np.abs(x)
+        return np.where(x < 1.0, 1.0 - x, 0.0)
+
+    w0 = triangle(first - centers + 0.5)
+    w1 = np.where(first + 1 < last, triangle(first + 1 - centers + 0.5), 0.0)
+    total = w0 + w1
+    second = np.minimum(first + 1, in_size - 1)
+    return first, second, w0 / total, w1 / total
+
+
+def threshold_mask(amap: np.ndarray, width: int, height: int, threshold: float, palette: np.ndarray, *,
+                   strict: bool = False) -> tuple[np.ndarray, list[int]]:
+    """Mask and per-class pixel counts of a one-channel map upscaled bilinearly and thresholded.
+
+    The same answer as ``upscale_map`` then a comparison, without the frame-sized float map:
+    Pillow resamples horizontally then vertically; the horizontal pass is Pillow's own (to the
+    frame's width, on the map's rows only), and the vertical one is computed only for columns
+    whose two source rows straddle the threshold (elsewhere every interpolated value lies on the
+    same side). The map must not be larger than the frame in either direction.
+    """
+    source = np.ascontiguousarray(amap, dtype=np.float32)
+    rows_in = source.shape[0]
+    if source.shape[1] != width:
+        across = np.asarray(Image.fromarray(source).resize((width, rows_in), Image.Resampling.BILINEAR))
+    else:
+        across = source
+    y0, y1, wy0, wy1 = bilinear_taps(rows_in, height)
+    exceeds = np.greater if strict else np.greater_equal
+    above = exceeds(across, threshold)
+    following = np.concatenate([above[1:], above[-1:]])
+    both = above & following  # rows j and j+1 both above: so is every row interpolated between them
+    straddle = above ^ following
+    colors = np.take(palette, both.view(np.uint8), axis=0)  # paint the source rows, then copy rows out
+    mask = np.take(colors, y0, axis=0)
+    rows_per_source = np.bincount(y0, minlength=rows_in)
+    anomalous = int(np.count_nonzero(both, axis=1) @ rows_per_source)
+    src_rows, cols = np.nonzero(straddle)
+    repeats = rows_per_source[src_rows]
+    if repeats.sum():
+        first_row = np.searchsorted(y0, src_rows, side="left")
+        cell = np.repeat(np.arange(src_rows.size), repeats)
+        offsets = np.arange(cell.size) - np.repeat(np.cumsum(repeats) - repeats, repeats)
+        ys = first_row[cell] + offsets
+        xs = cols[cell]
+        a = across[y0[ys], xs].astype(np.float64)
+        b = across[y1[ys], xs].astype(np.float64)
+        hits = exceeds((a * wy0[ys] + b * wy1[ys]).astype(np.float32), threshold)
+        anomalous += int(np.count_nonzero(hits))
+        mask[ys, xs] = np.take(palette, hits.view(np.uint8), axis=0)
+    return mask, [width * height - anomalous, anomalous]
+
+
 def mask_bytes(mask: np.ndarray) -> bytes:
     """The mask's RGB888 bytes: the buffer under a painted mask itself, or a packed copy."""
     base = mask

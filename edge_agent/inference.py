@@ -19,7 +19,15 @@ import numpy as np
 from edge_agent.constants import MIN_CONFIDENCE
 from edge_agent.engines.base import Backend, TensorInfo
 from edge_agent.errors import InferenceError, ModelLoadError
-from edge_agent.imaging import Frame, Preprocessor, hex_to_rgb, paint_and_count, upscale_labels, upscale_map
+from edge_agent.imaging import (
+    Frame,
+    Preprocessor,
+    hex_to_rgb,
+    paint_and_count,
+    threshold_mask,
+    upscale_labels,
+    upscale_map,
+)
 from edge_agent.manifest import BACKGROUND_COLOR, BACKGROUND_NAME, RESIZE_TORCH_BILINEAR, InputSpec, Manifest
 
 LOGGER = logging.getLogger(__name__)
@@ -167,9 +175,9 @@ class ModelRunner:
 
         mask = None
         anomalies: tuple[AnomalyArea, ...] = ()
-        labels = self._labels(outputs, width, height)
-        if labels is not None:
-            mask, counts = paint_and_count(labels, self.palette)
+        painted = self._mask(outputs, width, height)
+        if painted is not None:
+            mask, counts = painted
             total = float(width * height)
             anomalies = tuple(
                 AnomalyArea(self.class_names[i], counts[i] / total, self.class_colors[i])
@@ -177,6 +185,24 @@ class ModelRunner:
                 if i == 0 or counts[i] > 0
             )
         return Detection(bool(is_anomalous), float(confidence), raw, normalized, mask, anomalies)
+
+    def _mask(self, outputs: dict[str, np.ndarray], width: int, height: int) -> tuple[np.ndarray, list[int]] | None:
+        """The painted mask at the frame's size and its pixel count per class (None: no pixel output)."""
+        spec = self.manifest.outputs
+        threshold = self.manifest.pixel_threshold
+        if spec.anomaly_map is not None and threshold is not None:
+            amap = _plane(outputs[spec.anomaly_map], spec.anomaly_map)
+            if amap.shape[0] <= height and amap.shape[1] <= width:
+                if not np.isfinite(amap).all():
+                    raise InferenceError(
+                        f"output {spec.anomaly_map!r} holds NaN or infinite values (an FP16 overflow does this); "
+                        "the agent refuses to report a result. Run the model in FP32 or re-export it."
+                    )
+                # Profiles showed the frame-sized float map as the largest cost on big frames.
+                return threshold_mask(amap, width, height, threshold.threshold, self.palette,
+                                      strict=threshold.compare == ">")
+        labels = self._labels(outputs, width, height)
+        return None if labels is None else paint_and_count(labels, self.palette)
 
     def _labels(self, outputs: dict[str, np.ndarray], width: int, height: int) -> np.ndarray | None:
         spec = self.manifest.outputs

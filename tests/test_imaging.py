@@ -359,3 +359,24 @@ def test_paint_and_count_matches_numpy_and_hands_back_its_bytes_without_copy() -
     assert raw == mask.tobytes()
     assert mask_bytes(mask) is raw  # the painted buffer itself, not a copy
     assert mask_bytes(palette[labels]) == raw  # any other array is packed
+
+
+@pytest.mark.parametrize("seed", range(12))
+def test_threshold_mask_equals_upscaling_then_thresholding(seed: int) -> None:
+    from edge_agent.imaging import paint_and_count, threshold_mask, upscale_map
+
+    rng = np.random.default_rng(seed)
+    rows, cols = int(rng.integers(2, 70)), int(rng.integers(2, 70))
+    height, width = int(rng.integers(rows, 900)), int(rng.integers(cols, 900))
+    amap = rng.normal(size=(rows, cols)).astype(np.float32)
+    if seed % 3 == 0:
+        amap = np.round(amap, 1)  # ties at the threshold
+    threshold = float(np.quantile(amap, rng.uniform(0.5, 0.99)))
+    palette = np.array([[255, 255, 255], [255, 0, 0]], dtype=np.uint8)
+    for strict in (False, True):
+        upscaled = upscale_map(amap, width, height)
+        labels = (upscaled > threshold if strict else upscaled >= threshold).astype(np.uint8)
+        want_mask, want_counts = paint_and_count(labels, palette)
+        mask, counts = threshold_mask(amap, width, height, threshold, palette, strict=strict)
+        np.testing.assert_array_equal(mask, want_mask)
+        assert list(counts) == list(want_counts)
