@@ -380,3 +380,22 @@ def test_threshold_mask_equals_upscaling_then_thresholding(seed: int) -> None:
         mask, counts = threshold_mask(amap, width, height, threshold, palette, strict=strict)
         np.testing.assert_array_equal(mask, want_mask)
         assert list(counts) == list(want_counts)
+
+
+@pytest.mark.parametrize(("width", "height", "stride_pad", "resize"), [
+    (1280, 720, 0, "bilinear"), (4096, 4096, 0, "bilinear"), (1000, 777, 24, "bilinear"),
+    (2000, 1500, 0, "area"), (1920, 1080, 8, "bicubic"), (600, 300, 0, "bilinear"),
+])
+def test_large_frames_resize_within_one_grey_level_of_pillow(width: int, height: int, stride_pad: int,
+                                                             resize: str) -> None:
+    from edge_agent.imaging import _REDUCING_GAP, _RESAMPLE
+
+    rng = np.random.default_rng(width + height)
+    stride = width * 3 + stride_pad
+    data = rng.integers(0, 256, size=height * stride, dtype=np.uint8)
+    frame = Frame(width, height, stride, data)
+    spec = InputSpec(name=None, width=256, height=256, resize=resize)
+    got = Preprocessor(spec, np.dtype(np.float32)).resized(frame)
+    want = np.asarray(frame.to_pil().resize((256, 256), _RESAMPLE[resize], reducing_gap=_REDUCING_GAP))
+    assert got.shape == want.shape == (256, 256, 3)
+    assert np.abs(got.astype(int) - want.astype(int)).max() <= 1
