@@ -36,6 +36,7 @@ from bench.config import BenchConfig
 from bench.frames import parse_size
 from bench.models import ModelSpec
 from bench.timing import Row, Stats, sample_paired
+from edge_agent.imaging import threshold_mask
 
 _RESAMPLE = {"bilinear": Image.Resampling.BILINEAR, "area": Image.Resampling.BOX,
              "nearest": Image.Resampling.NEAREST, "bicubic": Image.Resampling.BICUBIC}
@@ -160,70 +161,12 @@ def streamed_reduce(path: str, offset: int, width: int, height: int, stride: int
 # -- post-processing ------------------------------------------------------------------------------
 
 
-def bilinear_taps(in_size: int, out_size: int) -> tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray]:
-    """Pillow's bilinear taps for an upscale (or same size): first index, second index, their weights."""
-    if out_size < in_size:
-        raise ValueError("only upscaling is handled here")
-    scale = in_size / out_size
-    centers = (np.arange(out_size, dtype=np.float64) + 0.5) * scale
-    first = np.clip(np.trunc(centers - 1.0 + 0.5), 0, None).astype(np.int64)
-    last = np.minimum(np.trunc(centers + 1.0 + 0.5).astype(np.int64), in_size)  # exclusive
-
-    def triangle(x: np.ndarray) -> np.ndarray:
-        x = np.abs(x)
-        return np.where(x < 1.0, 1.0 - x, 0.0)
-
-    w0 = triangle(first - centers + 0.5)
-    w1 = np.where(first + 1 < last, triangle(first + 1 - centers + 0.5), 0.0)
-    total = w0 + w1
-    second = np.minimum(first + 1, in_size - 1)
-    return first, second, w0 / total, w1 / total
-
-
+# Applied to the agent: its implementation now lives in edge_agent/imaging.py (threshold_mask).
 def fast_mask(amap: np.ndarray, width: int, height: int, threshold: float, palette: np.ndarray, *,
               strict: bool = False) -> tuple[np.ndarray, np.ndarray]:
-    """(mask (H, W, 3) uint8, pixel counts per class) for a one-channel map, as the agent computes them.
-
-    Pillow resamples horizontally, then vertically, accumulating in double and storing float32; the
-    horizontal pass is Pillow's own (resizing to the output width only), the vertical one is done
-    here only where it can change the answer. A pixel is anomalous at or above ``threshold`` (above
-    it with ``strict``, as a manifest's ``compare: ">"`` says).
-    """
-    source = np.ascontiguousarray(amap, dtype=np.float32)
-    rows_in = source.shape[0]
-    t = np.float32(threshold)
-    if source.shape[1] != width:
-        across = np.asarray(Image.fromarray(source).resize((width, rows_in), Image.Resampling.BILINEAR))
-    else:
-        across = source
-    y0, y1, wy0, wy1 = bilinear_taps(rows_in, height)
-    exceeds = np.greater if strict else np.greater_equal
-    above = exceeds(across, t)
-    following = np.concatenate([above[1:], above[-1:]])
-    both = above & following  # rows j and j+1 both above: so is every row interpolated between them
-    straddle = above ^ following
-    # Paint the few source rows, then copy whole rows out to the full height.
-    colors = np.take(palette, both.view(np.uint8), axis=0)  # (rows_in, width, 3)
-    mask = np.take(colors, y0, axis=0)
-    counts = np.zeros(len(palette), np.int64)
-    rows_per_source = np.bincount(y0, minlength=rows_in)
-    counts[1] = int(np.count_nonzero(both, axis=1) @ rows_per_source)
-    # Interpolate only the straddling columns, on every output row between their two source rows.
-    src_rows, cols = np.nonzero(straddle)
-    repeats = rows_per_source[src_rows]
-    if repeats.sum():
-        first_row = np.searchsorted(y0, src_rows, side="left")
-        cell = np.repeat(np.arange(src_rows.size), repeats)
-        offsets = np.arange(cell.size) - np.repeat(np.cumsum(repeats) - repeats, repeats)
-        ys = first_row[cell] + offsets
-        xs = cols[cell]
-        a = across[y0[ys], xs].astype(np.float64)
-        b = across[y1[ys], xs].astype(np.float64)
-        hits = exceeds((a * wy0[ys] + b * wy1[ys]).astype(np.float32), t)
-        counts[1] += int(np.count_nonzero(hits))
-        mask[ys, xs] = np.take(palette, hits.view(np.uint8), axis=0)
-    counts[0] = width * height - counts[1:].sum()
-    return mask, counts
+    """(mask (H, W, 3) uint8, pixel counts per class) for a one-channel map, as the agent computes them."""
+    mask, counts = threshold_mask(amap, width, height, threshold, palette, strict=strict)
+    return mask, np.asarray(counts, dtype=np.int64)
 
 
 # -- rows -----------------------------------------------------------------------------------------
