@@ -28,14 +28,14 @@ from __future__ import annotations
 import io
 import json
 import logging
-import os
-import tempfile
 import time
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
 import numpy as np
+
+from edge_agent.files import atomic_write
 
 LOGGER = logging.getLogger(__name__)
 
@@ -465,21 +465,6 @@ def _build_component(spec: _Spec, crops: np.ndarray) -> tuple[bytes, dict]:
 # --------------------------------------------------------------------------- files
 
 
-def _atomic_write(path: Path, data: bytes) -> None:
-    """Write a file through a temporary sibling and ``os.replace``, so readers never see half of it."""
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp_name = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
-    try:
-        with os.fdopen(fd, "wb") as handle:
-            handle.write(data)
-            handle.flush()
-            os.fsync(handle.fileno())
-        os.replace(tmp_name, path)
-    except BaseException:
-        Path(tmp_name).unlink(missing_ok=True)
-        raise
-
-
 def _is_current(component: Path) -> bool:
     """Tell whether a component directory holds a complete build of this demo version."""
     try:
@@ -521,8 +506,8 @@ def build_demo_models(models_dir: Path, *, force: bool = False) -> list[Path]:
         onnx_bytes, manifest = _build_component(spec, crops)
         component.mkdir(parents=True, exist_ok=True)
         (component / _MANIFEST_FILE).unlink(missing_ok=True)
-        _atomic_write(component / _MODEL_FILE, onnx_bytes)
-        _atomic_write(component / _MANIFEST_FILE, (json.dumps(manifest, indent=2) + "\n").encode("utf-8"))
+        atomic_write(component / _MODEL_FILE, onnx_bytes)
+        atomic_write(component / _MANIFEST_FILE, (json.dumps(manifest, indent=2) + "\n").encode("utf-8"))
         threshold = manifest["decision"]["image"]["threshold"]
         LOGGER.info("Wrote demo model %s (image threshold %.3f)", component, threshold)
     LOGGER.info("Built the demo models in %.1f s", time.perf_counter() - started)
@@ -558,7 +543,7 @@ def write_demo_samples(samples_dir: Path) -> list[Path]:
         buffer = io.BytesIO()
         Image.fromarray(image).save(buffer, format="PNG")
         path = samples_dir / name
-        _atomic_write(path, buffer.getvalue())
+        atomic_write(path, buffer.getvalue())
         paths.append(path)
     LOGGER.info("Wrote %d demo sample frames to %s", len(paths), samples_dir)
     return paths

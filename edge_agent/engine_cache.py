@@ -20,7 +20,6 @@ import json
 import logging
 import os
 import re
-import tempfile
 import threading
 import time
 from collections.abc import Iterator
@@ -29,6 +28,7 @@ from pathlib import Path
 from typing import Any
 
 from edge_agent.config import default_data_dir
+from edge_agent.files import atomic_write
 
 LOGGER = logging.getLogger(__name__)
 
@@ -185,8 +185,8 @@ class EngineCache:
             raise ValueError("metadata does not describe this plan")
         self.root.mkdir(parents=True, exist_ok=True)
         plan_path = self.plan_path(key)
-        _atomic_write(plan_path, plan)
-        _atomic_write(self.metadata_path(key), metadata.to_json().encode())
+        atomic_write(plan_path, plan)
+        atomic_write(self.metadata_path(key), metadata.to_json().encode())
         LOGGER.info("engine cache: stored %s (%.1f MiB)", plan_path, len(plan) / 2**20)
         st = plan_path.stat()
         return CacheEntry(key, plan_path, metadata, (st.st_ino, st.st_mtime_ns))
@@ -198,7 +198,7 @@ class EngineCache:
             with self.lock(entry.key):
                 if not self._unchanged(entry):
                     return entry  # rebuilt meanwhile: the new entry has its own metadata
-                _atomic_write(self.metadata_path(entry.key), metadata.to_json().encode())
+                atomic_write(self.metadata_path(entry.key), metadata.to_json().encode())
         except OSError as exc:
             LOGGER.warning("engine cache: cannot update %s (%s)", self.metadata_path(entry.key), exc)
             return entry
@@ -251,7 +251,7 @@ class EngineCache:
     def save_timing_cache(self, path: Path, data: bytes) -> None:
         try:
             path.parent.mkdir(parents=True, exist_ok=True)
-            _atomic_write(path, data)
+            atomic_write(path, data)
         except OSError as exc:
             LOGGER.warning("engine cache: cannot write timing cache %s (%s)", path, exc.strerror)
 
@@ -322,21 +322,6 @@ class EngineCache:
 
 def utc_now() -> str:
     return time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime())
-
-
-def _atomic_write(path: Path, data: bytes) -> None:
-    """Writes ``data`` to a temporary file beside ``path``, syncs it, then renames it over ``path``."""
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
-    try:
-        with os.fdopen(fd, "wb") as handle:
-            handle.write(data)
-            handle.flush()
-            os.fsync(handle.fileno())
-        os.replace(tmp, path)
-    except BaseException:
-        with contextlib.suppress(FileNotFoundError):
-            os.unlink(tmp)
-        raise
 
 
 @contextlib.contextmanager
