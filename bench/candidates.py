@@ -36,44 +36,18 @@ from bench.config import BenchConfig
 from bench.frames import parse_size
 from bench.models import ModelSpec
 from bench.timing import Row, Stats, sample_paired
-from edge_agent.imaging import threshold_mask
+
+# Applied to the agent (edge_agent/imaging.py): the candidates below call its own versions.
+from edge_agent.imaging import _REDUCING_GAP as REDUCING_GAP
+from edge_agent.imaging import reduce_factors, threshold_mask, vertical_means
 
 _RESAMPLE = {"bilinear": Image.Resampling.BILINEAR, "area": Image.Resampling.BOX,
              "nearest": Image.Resampling.NEAREST, "bicubic": Image.Resampling.BICUBIC}
-REDUCING_GAP = 2.0  # the agent's (edge_agent/imaging.py)
+
 STREAM_BLOCK_BYTES = 1 << 20  # about 1 MiB of rows per read: stays in cache while it is summed
 
 
 # -- pre-processing -------------------------------------------------------------------------------
-
-
-def reduce_factors(width: int, height: int, target: tuple[int, int], gap: float = REDUCING_GAP) -> tuple[int, int]:
-    """The integer box factors Pillow's ``resize(..., reducing_gap=gap)`` reduces by first."""
-    return max(1, int(width / target[0] / gap)), max(1, int(height / target[1] / gap))
-
-
-def vertical_means(rows: np.ndarray, fy: int, out: np.ndarray | None = None) -> np.ndarray:
-    """(H, W, 3) uint8 -> (ceil(H/fy), W, 3) uint8: the rounded mean of every fy rows (the last group
-    may be shorter). Rows are summed as (groups, fy, W*3) in uint16: the inner loop runs along whole
-    rows, so numpy goes at memory speed (a (..., W, 3) layout would loop over 3 channels at a time)."""
-    height, width = rows.shape[:2]
-    flat = rows.reshape(height, width * 3)  # a view, also for padded rows
-    full = height // fy
-    if out is None:
-        out = np.empty((math.ceil(height / fy), width, 3), np.uint8)
-    target = out.reshape(out.shape[0], width * 3)
-    if full:
-        sums = flat[: full * fy].reshape(full, fy, width * 3).sum(axis=1, dtype=np.uint16)
-        sums += fy // 2
-        if fy & (fy - 1) == 0:
-            np.right_shift(sums, fy.bit_length() - 1, out=sums)
-        else:
-            np.floor_divide(sums, fy, out=sums)
-        np.copyto(target[:full], sums, casting="unsafe")
-    if height % fy:
-        rest = height - full * fy
-        target[full] = (flat[full * fy:].sum(axis=0, dtype=np.uint16) + rest // 2) // rest
-    return out
 
 
 def _resize_reduced(vertical: np.ndarray, width: int, height: int, fx: int, fy: int, target: tuple[int, int],

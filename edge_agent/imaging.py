@@ -28,20 +28,21 @@ _RESAMPLE = {
 _REDUCING_GAP = 2.0
 
 
-def _reduce_factors(width: int, height: int, target: tuple[int, int]) -> tuple[int, int]:
+def reduce_factors(width: int, height: int, target: tuple[int, int]) -> tuple[int, int]:
     """The integer box factors Pillow's ``resize(..., reducing_gap=2.0)`` reduces by first."""
     return max(1, int(width / target[0] / _REDUCING_GAP)), max(1, int(height / target[1] / _REDUCING_GAP))
 
 
-def _vertical_means(rows: np.ndarray, fy: int) -> np.ndarray:
-    """(H, W, 3) uint8 -> (ceil(H / fy), W, 3) uint8: the rounded mean of every fy rows.
+def vertical_means(rows: np.ndarray, fy: int, out: np.ndarray | None = None) -> np.ndarray:
+    """(H, W, 3) uint8 -> (ceil(H / fy), W, 3) uint8: the rounded mean of every fy rows (into ``out``).
 
     Rows are summed as (groups, fy, W*3) in uint16, so the inner loop runs along whole rows.
     """
     height, width = rows.shape[:2]
     flat = rows.reshape(height, width * 3)  # a view, padded rows included
     full = height // fy
-    out = np.empty((-(-height // fy), width, 3), np.uint8)
+    if out is None:
+        out = np.empty((-(-height // fy), width, 3), np.uint8)
     target = out.reshape(out.shape[0], width * 3)
     if full:
         sums = flat[: full * fy].reshape(full, fy, width * 3).sum(axis=1, dtype=np.uint16)
@@ -144,14 +145,14 @@ class Preprocessor:
         size = (self.spec.width, self.spec.height)
         if (frame.width, frame.height) == size:
             return frame.array()
-        fx, fy = _reduce_factors(frame.width, frame.height, size)
+        fx, fy = reduce_factors(frame.width, frame.height, size)
         if fy == 1 or self._resample == Image.Resampling.NEAREST:
             image = frame.to_pil().resize(size, self._resample, reducing_gap=_REDUCING_GAP)
             return np.asarray(image)
         # Large frames: average rows in numpy straight from the frame's buffer, so Pillow only
         # ever holds an image fy times smaller (profiles showed Pillow copying the whole frame into
         # its 4-byte layout first). Within one grey level of Pillow's own reducing-gap resize.
-        image = Image.fromarray(_vertical_means(frame.array(), fy))
+        image = Image.fromarray(vertical_means(frame.array(), fy))
         if fx > 1:
             image = image.reduce((fx, 1))
         box = (0.0, 0.0, frame.width / fx, frame.height / fy)
