@@ -36,5 +36,13 @@ DEFAULT_METRICS_PORT = 9464
 # How long a StopModel waits for in-flight requests on that model to finish.
 STOP_DRAIN_TIMEOUT_S = 30.0
 
+# Dynamic batching of concurrent DetectAnomalies on a model with a dynamic batch dimension
+# (the manifest's "batching" overrides these): the most images per inference, and how long
+# the oldest queued request may wait for a batch to fill (0: batch only what already queued).
+DEFAULT_MAX_BATCH = 4
+MAX_BATCH_LIMIT = 64
+DEFAULT_MAX_QUEUE_DELAY_MS = 0.0
+MAX_QUEUE_DELAY_LIMIT_MS = 1000.0
+
 # Confidence is a float in (0, 1]; some clients read 0 as "no answer".
 MIN_CONFIDENCE = 1e-6

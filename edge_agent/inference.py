@@ -10,12 +10,12 @@ from __future__ import annotations
 import dataclasses
 import logging
 import math
-import threading
 import time
 from dataclasses import dataclass, field
 
 import numpy as np
 
+from edge_agent.batching import DynamicBatcher
 from edge_agent.constants import MIN_CONFIDENCE
 from edge_agent.engines.base import Backend, TensorInfo
 from edge_agent.errors import InferenceError, ModelLoadError
@@ -44,10 +44,11 @@ class AnomalyArea:
 class PhaseTimes:
     """Seconds one request spent in each phase (Triton's split)."""
 
-    queue_s: float = 0.0  # waiting for a free inference slot on the engine
+    queue_s: float = 0.0  # waiting for a free inference slot on the engine (and for a batch to fill)
     preprocess_s: float = 0.0  # reading the frame, resizing, normalizing
-    inference_s: float = 0.0  # the engine itself
+    inference_s: float = 0.0  # the engine itself (the whole batch's run)
     postprocess_s: float = 0.0  # decision, mask, areas, writing the answer
+    batch_size: int = 1  # images in the inference this request was part of
 
 
 @dataclass(frozen=True)
@@ -69,16 +70,49 @@ class ModelRunner:
     def __init__(self, manifest: Manifest, backend: Backend) -> None:
         self.manifest = manifest
         self.backend = backend
-        # Requests beyond the engine's useful parallelism wait here (and count as queued).
-        self._slots = threading.BoundedSemaphore(max(1, backend.max_concurrency))
-        self._queued_lock = threading.Lock()  # guards queued
-        self.queued = 0
         self.input_name, self.preprocess = self._bind_input()
         self._check_outputs_declared()
         types = manifest.anomaly_types
         self.class_names = (BACKGROUND_NAME, *(t.name for t in types))
         self.class_colors = (BACKGROUND_COLOR, *(t.color for t in types))
         self.palette = np.array([hex_to_rgb(c) for c in self.class_colors], dtype=np.uint8)
+        # Requests beyond the engine's useful parallelism queue in the batcher (and count as
+        # queued); with batching on, those that queued together run as one batch.
+        self.max_batch, self.batching_note = self._batch_limit()
+        self._batcher = self._make_batcher(self.max_batch)
+
+    @property
+    def queued(self) -> int:
+        """Requests waiting for an inference slot or a batch."""
+        return self._batcher.queued
+
+    def _make_batcher(self, max_batch: int) -> DynamicBatcher:
+        delay_s = self.manifest.batching.max_queue_delay_ms / 1e3 if max_batch > 1 else 0.0
+        return DynamicBatcher(self._run_batch, max_batch=max_batch, max_delay_s=delay_s,
+                              concurrency=max(1, self.backend.max_concurrency), label=self.backend.label)
+
+    def _batch_limit(self) -> tuple[int, str]:
+        """The largest batch to run, and a line for the model's status saying so."""
+        asked = self.manifest.batching
+        if asked.max_batch <= 1:
+            return 1, "Dynamic batching off (the manifest's batching)."
+        info = next(t for t in self.backend.inputs if t.name == self.input_name)
+        if isinstance(info.shape[0], int):
+            note = "Dynamic batching off: the model's input has a fixed batch of 1."
+            if asked.explicit:
+                note += " Export it with a dynamic batch dimension to batch, or set \"batching\": false."
+            return 1, note
+        limit = asked.max_batch
+        engine_limit = self.backend.max_batch_size
+        if engine_limit is not None and engine_limit < limit:
+            limit = engine_limit
+        if limit <= 1:
+            return 1, f"Dynamic batching off: the engine takes batches of at most {engine_limit}."
+        return limit, (f"Dynamic batching up to {limit} images (queue delay "
+                       f"{asked.max_queue_delay_ms:g} ms).")
+
+    def _run_batch(self, tensor: np.ndarray) -> dict[str, np.ndarray]:
+        return self.backend.infer({self.input_name: tensor})
 
     # -- binding and validation -------------------------------------------------------------
 
@@ -126,14 +160,59 @@ class ModelRunner:
                 )
 
     def warm_up(self) -> Detection:
-        """Runs one mid-grey frame through everything, so shape errors surface at load time."""
+        """Runs one mid-grey frame through everything, so shape errors surface at load time.
+
+        With batching on, also runs a full batch and compares each image's outputs with those
+        of the image alone: a model that mixes images within a batch (or does not return the
+        batch on the first axis of every output) is served without batching, and its status
+        says so.
+        """
         spec = self.manifest.input
         pixels = np.full(spec.width * spec.height * 3, 128, dtype=np.uint8)
         frame = Frame(spec.width, spec.height, spec.width * 3, pixels)
+        serving, self._batcher = self._batcher, self._make_batcher(1)  # no queue delay for the test run
         try:
-            return self.detect(frame)
+            detection = self.detect(frame)
+            if self.max_batch > 1:
+                problem = self._batch_problem()
+                if problem is not None:
+                    LOGGER.warning("%s: serving without dynamic batching: %s", self.backend.label, problem)
+                    self.max_batch = 1
+                    self.batching_note = f"Dynamic batching off: {problem}"
+                    serving = self._batcher
+            return detection
         except InferenceError as exc:
             raise ModelLoadError(f"{self.manifest.model_file}: a test inference failed: {exc}") from None
+        finally:
+            self._batcher = serving
+
+    def _batch_problem(self) -> str | None:
+        """Why the model cannot batch (None when a full batch matches the images run one by one)."""
+        spec = self.manifest.input
+        rng = np.random.default_rng(0)
+        frames = [np.full((spec.height, spec.width, 3), 128, dtype=np.uint8),
+                  rng.integers(0, 256, (spec.height, spec.width, 3), dtype=np.uint8)]
+        tensors = [self.preprocess(Frame(spec.width, spec.height, spec.width * 3, f.reshape(-1))) for f in frames]
+        alone = [self._run_batch(t) for t in tensors]
+        order = [i % len(tensors) for i in range(self.max_batch)]
+        try:
+            together = self._run_batch(np.concatenate([tensors[i] for i in order], axis=0))
+        except Exception as exc:  # the engine refused the batch: serve one by one
+            return f"a batch of {self.max_batch} failed ({_first_line(exc)})."
+        for name in alone[0]:
+            value = together.get(name)
+            if value is None or value.ndim == 0 or value.shape[0] != self.max_batch:
+                shape = "missing" if value is None else list(value.shape)
+                return (f"output {name!r} is {shape} for a batch of {self.max_batch}, not batch-first; "
+                        "set \"batching\": false in the manifest to silence this.")
+            for position, index in enumerate(order):
+                expected = alone[index][name]
+                got = value[position:position + 1]
+                if got.shape != expected.shape or not _close(got, expected):
+                    return (f"output {name!r} of an image in a batch differs from the same image alone (the model "
+                            "mixes images within a batch); set \"batching\": false in the manifest to silence "
+                            "this.")
+        return None
 
     # -- the pipeline -----------------------------------------------------------------------
 
@@ -141,23 +220,13 @@ class ModelRunner:
         started = time.perf_counter()
         tensor = self.preprocess(frame)
         preprocessed = time.perf_counter()
-        with self._queued_lock:
-            self.queued += 1
-        try:
-            self._slots.acquire()
-        finally:
-            with self._queued_lock:
-                self.queued -= 1
-        slotted = time.perf_counter()
-        try:
-            outputs = self.backend.infer({self.input_name: tensor})
-        finally:
-            self._slots.release()
+        result = self._batcher.infer(tensor)
         inferred = time.perf_counter()
-        detection = self.postprocess(outputs, frame.width, frame.height)
+        detection = self.postprocess(result.outputs, frame.width, frame.height)
         times = detection.times
-        times.preprocess_s, times.queue_s = preprocessed - started, slotted - preprocessed
-        times.inference_s, times.postprocess_s = inferred - slotted, time.perf_counter() - inferred
+        times.preprocess_s, times.queue_s = preprocessed - started, max(0.0, result.started - preprocessed)
+        times.inference_s, times.postprocess_s = result.inference_s, time.perf_counter() - inferred
+        times.batch_size = result.batch_size
         return detection
 
     def postprocess(self, outputs: dict[str, np.ndarray], width: int, height: int) -> Detection:
@@ -232,6 +301,26 @@ class ModelRunner:
                 labels = np.argmax(scores, axis=0).astype(np.uint8)
             return upscale_labels(labels, width, height)
         return None
+
+
+def _close(got: np.ndarray, expected: np.ndarray) -> bool:
+    """Equal up to what a different batch size changes in float kernels (and FP16 rounding)."""
+    if got.dtype.kind not in "fc":
+        return bool(np.array_equal(got, expected))
+    a, b = got.astype(np.float64), expected.astype(np.float64)
+    if not (np.isfinite(a) == np.isfinite(b)).all():
+        return False
+    finite = np.isfinite(b)
+    scale = float(np.abs(b[finite]).max()) if finite.any() else 0.0
+    tolerance = (1e-2 if got.dtype == np.float16 else 1e-4) * max(scale, 1e-6)
+    if not np.array_equal(a[~finite], b[~finite], equal_nan=True):
+        return False
+    return bool(np.all(np.abs(a[finite] - b[finite]) <= tolerance))
+
+
+def _first_line(exc: BaseException) -> str:
+    lines = str(exc).strip().splitlines()
+    return lines[0][:200] if lines else type(exc).__name__
 
 
 def _check_input_shape(info: TensorInfo, layout: str, width: int, height: int, path: object) -> None:

@@ -18,7 +18,13 @@ from typing import Any
 
 import numpy as np
 
-from edge_agent.constants import MANIFEST_FILE
+from edge_agent.constants import (
+    DEFAULT_MAX_BATCH,
+    DEFAULT_MAX_QUEUE_DELAY_MS,
+    MANIFEST_FILE,
+    MAX_BATCH_LIMIT,
+    MAX_QUEUE_DELAY_LIMIT_MS,
+)
 from edge_agent.errors import ManifestError
 
 HEX_COLOR = re.compile(r"^#[0-9A-Fa-f]{6}$")
@@ -117,6 +123,20 @@ class Threshold:
 
 
 @dataclass(frozen=True)
+class Batching:
+    """Dynamic batching of concurrent requests (see :mod:`edge_agent.batching`).
+
+    It applies only to models whose input has a dynamic batch dimension; ``max_batch``
+    1 turns it off. ``explicit`` says whether the manifest asked for these values (the
+    agent then says in the model's status when the model cannot batch).
+    """
+
+    max_batch: int = DEFAULT_MAX_BATCH
+    max_queue_delay_ms: float = DEFAULT_MAX_QUEUE_DELAY_MS
+    explicit: bool = False
+
+
+@dataclass(frozen=True)
 class AnomalyType:
     name: str
     color: str  # "#RRGGBB", upper case
@@ -136,6 +156,7 @@ class Manifest:
     lookout_vision_model_arn: str = ""
     description: str = ""
     memory_bytes: int | None = None
+    batching: Batching = Batching()
     extra: dict[str, Any] = field(default_factory=dict)
     # Where the manifest came from when it is not a plain manifest.json, e.g.
     # "anomalib 2.x export (detected)"; ListModels shows it for idle components.
@@ -246,6 +267,29 @@ def _read_threshold(reader: _Reader | None) -> Threshold | None:
     return Threshold(threshold=threshold, min=low, max=high, compare=compare)
 
 
+def _read_batching(top: _Reader) -> Batching:
+    """``"batching"``: absent (the defaults), true, false, or {"max_batch": N, "max_queue_delay_ms": D}."""
+    value = top.data.get("batching")
+    if value is None:
+        return Batching()
+    if isinstance(value, bool):
+        return Batching(explicit=True) if value else Batching(max_batch=1, explicit=True)
+    reader = top.obj("batching")
+    assert reader is not None
+    unknown = sorted(set(reader.data) - {"max_batch", "max_queue_delay_ms"})
+    if unknown:
+        raise reader.error("batching", "may only hold max_batch and max_queue_delay_ms", unknown)
+    max_batch = reader.int("max_batch")
+    if max_batch is not None and max_batch > MAX_BATCH_LIMIT:
+        raise reader.error("batching.max_batch", f"must be an integer from 1 to {MAX_BATCH_LIMIT}", max_batch)
+    delay = reader.float("max_queue_delay_ms")
+    if delay is not None and not 0 <= delay <= MAX_QUEUE_DELAY_LIMIT_MS:
+        raise reader.error("batching.max_queue_delay_ms",
+                           f"must be a number of milliseconds from 0 to {MAX_QUEUE_DELAY_LIMIT_MS:.0f}", delay)
+    return Batching(max_batch=DEFAULT_MAX_BATCH if max_batch is None else max_batch,
+                    max_queue_delay_ms=DEFAULT_MAX_QUEUE_DELAY_MS if delay is None else delay, explicit=True)
+
+
 def _read_anomaly_types(reader: _Reader, path: Path) -> tuple[AnomalyType, ...]:
     raw = reader.data.get("anomaly_types")
     if raw is None:
@@ -347,8 +391,9 @@ def parse_manifest(component_dir: Path, data: Any) -> Manifest:
 
     arn = top.str("lookout_vision_model_arn", default="") or ""
     memory_bytes = top.int("memory_bytes", minimum=1)
+    batching = _read_batching(top)
     known = {"model_file", "input", "outputs", "decision", "anomaly_types", "lookout_vision_model_arn",
-             "description", "memory_bytes"}
+             "description", "memory_bytes", "batching"}
     return Manifest(
         component_dir=component_dir,
         model_file=component_dir / model_file,
@@ -360,6 +405,7 @@ def parse_manifest(component_dir: Path, data: Any) -> Manifest:
         lookout_vision_model_arn=arn,
         description=top.str("description", default="") or "",
         memory_bytes=memory_bytes,
+        batching=batching,
         extra={k: v for k, v in top.data.items() if k not in known},
     )
 

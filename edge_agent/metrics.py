@@ -31,6 +31,8 @@ PHASES = ("queue", "preprocess", "inference", "postprocess")
 # From 100 us to 10 s: resolves a sub-millisecond queue wait and a slow CPU model alike.
 LATENCY_BUCKETS_S = (0.0001, 0.00025, 0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1,
                      0.25, 0.5, 1.0, 2.5, 5.0, 10.0)
+# Images per batched inference, up to the manifest's largest allowed batch.
+BATCH_SIZE_BUCKETS = (1, 2, 4, 8, 16, 32, 64)
 _STATES = [state.name for state in ModelState]
 
 
@@ -105,6 +107,11 @@ class AgentMetrics:
         self.request_latency = Histogram(
             f"{NAMESPACE}_detect_seconds", "Whole DetectAnomalies calls that made a prediction, in the agent.",
             ["model_component"], buckets=LATENCY_BUCKETS_S, registry=registry)
+        self.batch_size = Histogram(
+            f"{NAMESPACE}_detect_batch_size",
+            "Images in the inference each DetectAnomalies call was part of (1: it ran alone; more: dynamic "
+            "batching gathered concurrent calls).",
+            ["model_component"], buckets=BATCH_SIZE_BUCKETS, registry=registry)
         self.predictions = Counter(
             f"{NAMESPACE}_predictions", "Predictions made, by result (anomalous or normal).",
             ["model_component", "result"], registry=registry)
@@ -123,6 +130,7 @@ class AgentMetrics:
                                            times.postprocess_s), strict=True):
             self.latency.labels(model, phase).observe(seconds)
         self.request_latency.labels(model).observe(total_s)
+        self.batch_size.labels(model).observe(times.batch_size)
         self.predictions.labels(model, "anomalous" if is_anomalous else "normal").inc()
 
     def _on_state(self, name: str, state: ModelState | None, _message: str) -> None:
@@ -132,6 +140,7 @@ class AgentMetrics:
         for phase in PHASES:
             _remove(self.latency, name, phase)
         _remove(self.request_latency, name)
+        _remove(self.batch_size, name)
         for result in ("anomalous", "normal"):
             _remove(self.predictions, name, result)
 

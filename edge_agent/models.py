@@ -404,7 +404,7 @@ class ModelManager:
                 raise
             elapsed = time.perf_counter() - started
             message = (f"Running on {self.provider.description} (backend {backend.kind}, from {report.source}), "
-                       f"loaded in {elapsed:.2f} s.")
+                       f"loaded in {elapsed:.2f} s. {runner.batching_note}")
             state = ModelState.RUNNING
         except EdgeAgentError as exc:
             state, message, manifest = ModelState.FAILED, str(exc), None

@@ -67,6 +67,11 @@ class Backend(ABC):
     #: How many inferences may run at once on this backend; more requests queue.
     max_concurrency: int = 1
 
+    @property
+    def max_batch_size(self) -> int | None:
+        """The largest batch the loaded engine takes on a dynamic batch dimension (None: no limit)."""
+        return None
+
     def __init__(self, model_path: Path, *, label: str | None = None) -> None:
         self.model_path = Path(model_path)
         self.label = label or self.model_path.parent.name

@@ -820,6 +820,14 @@ class TensorRTBackend(Backend):
         self._pool.add(slot)
         return held
 
+    @property
+    def max_batch_size(self) -> int | None:
+        """The optimization profile's largest batch (the first input's, when its batch is dynamic)."""
+        for tensor in self._tensors:
+            if tensor.is_input and tensor.shape and tensor.shape[0] == -1:
+                return tensor.max_shape[0]
+        return None
+
     def _describe_io(self) -> tuple[tuple[TensorInfo, ...], tuple[TensorInfo, ...]]:
         def info(tensor: _Tensor) -> TensorInfo:
             return TensorInfo(tensor.name, tuple(d if d >= 0 else None for d in tensor.shape), tensor.dtype)
@@ -916,7 +924,6 @@ class TensorRTProvider:
         *,
         cache: EngineCache | None = None,
         workspace_bytes: int = DEFAULT_WORKSPACE_BYTES,
-        max_batch: int = DEFAULT_MAX_BATCH,
         contexts_per_model: int = DEFAULT_CONTEXTS_PER_MODEL,
         build_in_subprocess: bool = True,
         build_timeout_s: float = BUILD_TIMEOUT_S,
@@ -924,7 +931,6 @@ class TensorRTProvider:
         self.runtime = runtime
         self.cache = cache or EngineCache()
         self.workspace_bytes = workspace_bytes
-        self.max_batch = max_batch
         self.contexts_per_model = contexts_per_model
         self.builder = EngineBuilder(runtime, self.cache, in_subprocess=build_in_subprocess,
                                      timeout_s=build_timeout_s)
@@ -936,15 +942,16 @@ class TensorRTProvider:
     # -- BackendProvider ----------------------------------------------------------------------
 
     def options_for(self, manifest: Manifest) -> BuildOptions:
-        """Build options from the manifest: ``fp16`` (optional, default false) and the input size."""
+        """Build options from the manifest: ``fp16`` (optional, default false), the input size, and the
+        largest batch (``batching.max_batch``: the profile's upper bound when the batch is dynamic)."""
         fp16 = manifest.extra.get("fp16", False)
         if not isinstance(fp16, bool):
             raise ManifestError(f"{manifest.manifest_path}: field 'fp16' must be true or false, got "
                                 f"{fp16!r}. Fix the manifest and call StartModel again.")
         spec = manifest.input
         shape = (1, 3, spec.height, spec.width) if spec.layout == "NCHW" else (1, spec.height, spec.width, 3)
-        return BuildOptions(fp16=fp16, workspace_bytes=self.workspace_bytes, max_batch=self.max_batch,
-                            input_shape=shape)
+        return BuildOptions(fp16=fp16, workspace_bytes=self.workspace_bytes,
+                            max_batch=max(1, manifest.batching.max_batch), input_shape=shape)
 
     def create(self, manifest: Manifest) -> Backend:
         return TensorRTBackend(manifest.model_file, label=manifest.component_dir.name, runtime=self.runtime,
@@ -969,7 +976,7 @@ class TensorRTProvider:
                 return manifest.memory_bytes or size + self.workspace_bytes
             # Not loaded here yet: weights, each context's activations, and each context's device
             # I/O buffers (the input at the largest batch, and outputs of the same order).
-            io_bytes = 2 * self.max_batch * _input_bytes(manifest)
+            io_bytes = 2 * max(1, manifest.batching.max_batch) * _input_bytes(manifest)
             return meta.plan_bytes + self.contexts_per_model * (meta.device_memory_bytes + io_bytes)
         if manifest.memory_bytes:
             return manifest.memory_bytes

@@ -65,9 +65,11 @@ def models_dir(tmp_path: Path) -> Path:
 
 
 def start_agent(models_dirs: list[Path], socket_dir: Path, provider: BackendProvider | None = None,
-                **kwargs: object) -> RunningAgent:
+                manager: ModelManager | None = None, **kwargs: object) -> RunningAgent:
     # In-process agents skip the per-file load probe for speed; `serve` (and its tests) keep it on.
-    manager = ModelManager(models_dirs, provider or OnnxRuntimeProvider(intra_op_threads=1, isolate_loads=False))
+    if manager is None:
+        manager = ModelManager(models_dirs,
+                               provider or OnnxRuntimeProvider(intra_op_threads=1, isolate_loads=False))
     socket_path = str(socket_dir / "agent.sock")
     agent = create_server(manager, [f"unix:{socket_path}"], worker_threads=8, max_concurrent_rpcs=32,
                           **kwargs)  # type: ignore[arg-type]

@@ -22,6 +22,7 @@ import pytest
 
 import edge_agent_pb2 as pb2
 from edge_agent.backends import OnnxRuntimeProvider, select_provider
+from edge_agent.constants import DEFAULT_MAX_BATCH
 from edge_agent.engine_cache import EngineCache
 from edge_agent.engines.base import Backend
 from edge_agent.engines.fakes.cuda import FakeCudaDriver
@@ -544,7 +545,8 @@ def test_execute_fails_like_tensorrt_when_no_context_is_current(provider: Tensor
         assert "Address is not set for input tensor image" in logged[-1]
         for name, buffer in buffers.items():
             assert context.set_tensor_address(name, buffer.address)
-        assert not context.set_input_shape("image", (2, 3, 64, 64))  # outside the profile
+        beyond = DEFAULT_MAX_BATCH + 1  # the profile's batch goes up to the manifest's batching.max_batch
+        assert not context.set_input_shape("image", (beyond, 3, 64, 64))  # outside the profile
         assert "does not satisfy any optimization profiles" in logged[-1]
         assert context.execute_async_v3(device.stream_handle(stream))
     assert not context.execute_async_v3(device.stream_handle(stream))  # outside activate()
