@@ -62,7 +62,8 @@ class AgentProcess:
     """Starts an agent on a unix socket in ``workdir``; a context manager that always stops it."""
 
     def __init__(self, models_dir: Path, workdir: Path, *, fake_gpu_cache: Path | None = None,
-                 fake_gpu_memory: str = "8GiB", env: dict[str, str] | None = None) -> None:
+                 fake_gpu_memory: str = "8GiB", env: dict[str, str] | None = None,
+                 extra_args: tuple[str, ...] = ()) -> None:
         self.socket_path = str(workdir / "agent.sock")
         self.log_path = workdir / ("agent-fake-gpu.log" if fake_gpu_cache else "agent.log")
         if fake_gpu_cache is None:
@@ -73,6 +74,7 @@ class AgentProcess:
             self.command = [sys.executable, "-m", "bench.fake_gpu_agent", "--socket", self.socket_path,
                             "--models-dir", str(models_dir), "--cache-dir", str(fake_gpu_cache),
                             "--fake-gpu-memory", fake_gpu_memory]
+        self.command += list(extra_args)
         self.env = {**os.environ, **(env or {})}
         # The bench package must be importable by the child, whatever the caller's directory.
         self.env["PYTHONPATH"] = os.pathsep.join(filter(None, [str(REPO_ROOT), self.env.get("PYTHONPATH")]))

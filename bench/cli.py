@@ -169,6 +169,20 @@ class Run:
         return rpc_rows(self.config, self.models, self.models_dir, self.frames, self.floors, self.best,
                         self.workdir)
 
+    def batching(self) -> list[Row]:
+        from bench.batching import batching_rows
+
+        return batching_rows(self.config, self.models, self.models_dir, self._frames_for_batching(), self.workdir)
+
+    def overload(self) -> list[Row]:
+        from bench.batching import overload_rows
+
+        return overload_rows(self.config, self.models, self.models_dir, self._frames_for_batching(), self.workdir)
+
+    def _frames_for_batching(self) -> dict[str, np.ndarray]:
+        return {name: self.frames[name] if name in self.frames else make_frame(*parse_size(name))
+                for name in self.config.batching_frames}
+
     def startup(self) -> list[Row]:
         from bench.startup import startup_rows
 
@@ -218,6 +232,8 @@ def main(argv: Sequence[str] | None = None) -> int:
         run.group("pipeline", run.pipeline)
         if "grpc" in config.groups or "concurrency" in config.groups:  # one agent serves both groups
             run.group("grpc" if "grpc" in config.groups else "concurrency", run.rpc)
+        run.group("batching", run.batching)
+        run.group("overload", run.overload)
         run.group("startup", run.startup)
         run.group("memory", run.memory)
         run.group("candidates", run.candidates)

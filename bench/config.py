@@ -4,7 +4,8 @@ from __future__ import annotations
 
 from dataclasses import dataclass, field, replace
 
-ALL_GROUPS = ("baseline", "ort-alone", "pipeline", "grpc", "concurrency", "startup", "memory", "candidates")
+ALL_GROUPS = ("baseline", "ort-alone", "pipeline", "grpc", "concurrency", "batching", "overload", "startup", "memory",
+              "candidates")
 DEFAULT_FRAMES = ("256x256", "1280x720", "4096x4096")
 DEFAULT_MODELS = ("demo", "conv")
 
@@ -39,6 +40,15 @@ class BenchConfig:
     conv_width: float = 1.0  # the conv net's channel multiplier (1.0: 3.9 M parameters)
     candidate_frames: tuple[str, ...] | None = None  # None: every frame
     thread_candidate: bool = True  # the agent again with EDGE_AGENT_INTRA_OP_THREADS=1, most clients
+    # Dynamic batching rows: clients, requests per client and round, and the frames (model-sized by
+    # default: the inference is then most of the work, so batching shows most).
+    batching_frames: tuple[str, ...] = ("256x256",)
+    batching_clients: int = 8
+    batching_requests: int = 6
+    # Overload rows: the agent's per-model bound, the clients (more than the bound) and seconds each.
+    overload_bound: int = 8
+    overload_clients: int = 32
+    overload_seconds: float = 6.0
     extra: dict[str, str] = field(default_factory=dict)
 
     def repeats_for(self, width: int, height: int) -> int:
@@ -58,7 +68,9 @@ PRESETS: dict[str, BenchConfig] = {
     "smoke": BenchConfig(preset="smoke", models=("conv",), frames=("256x256",), warmup=1, repeats_small=3,
                          repeats_medium=3, repeats_large=3, row_budget_s=2.0, floor_repeats=3, ort_runs=4,
                          clients=(1, 2), requests_small=2, requests_medium=2, requests_large=1, cold_starts=1,
-                         warm_starts=1, memory_runs=1, memory_calls=1, conv_width=0.25, thread_candidate=False),
+                         warm_starts=1, memory_runs=1, memory_calls=1, conv_width=0.25, thread_candidate=False,
+                         batching_clients=4, batching_requests=2, overload_bound=2, overload_clients=6,
+                         overload_seconds=1.0),
     # About 3 minutes on a 2-core machine.
     "quick": BenchConfig(preset="quick", warmup=1, repeats_small=15, repeats_medium=8, repeats_large=3,
                          row_budget_s=8.0, floor_repeats=20, ort_runs=12, requests_small=5, requests_medium=2,
@@ -67,7 +79,8 @@ PRESETS: dict[str, BenchConfig] = {
     # 10-15 minutes on a 2-core machine.
     "full": BenchConfig(preset="full", warmup=3, repeats_small=60, repeats_medium=30, repeats_large=10,
                         row_budget_s=30.0, floor_repeats=60, ort_runs=40, requests_small=20, requests_medium=8,
-                        requests_large=2, cold_starts=3, warm_starts=4, memory_runs=2),
+                        requests_large=2, cold_starts=3, warm_starts=4, memory_runs=2, batching_requests=15,
+                        overload_seconds=15.0),
 }
 
 

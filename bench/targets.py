@@ -14,6 +14,7 @@ INLINE_LIMIT = 1.25
 SHM_SPEEDUP = 3.0
 PREPROCESS_SPEEDUP = 4.0
 THROUGHPUT_SHARE = 0.95
+OVERLOAD_P99_LIMIT = 2.0
 
 
 @dataclass(frozen=True)
@@ -86,8 +87,58 @@ def check(rows: list[Row], models: list[str]) -> list[Target]:
                                   row.ratio >= THROUGHPUT_SHARE,
                                   f"{row.throughput:.2f}/s vs ORT best {row.floor_value:.2f}/s "
                                   f"({row.extra.get('ort_best_setting')}) = {row.ratio:.2f}"))
-    for name in ("dynamic batching at 8 clients (CPU and fake GPU)",
-                 "RESOURCE_EXHAUSTED under overload, p99 bounded"):
-        targets.append(Target(name, "-", "-", None, "-", None,
-                              "not measured by this suite yet: the agent has no batching/queue bound to measure"))
+    targets += _batching_targets(rows, models)
+    targets += _overload_targets(rows, models)
+    return targets
+
+
+def _batching_targets(rows: list[Row], models: list[str]) -> list[Target]:
+    """Batching's effect at 8 clients, per backend: the best variant's throughput over batching off."""
+    targets = []
+    for model in models:
+        for backend in ("cpu", "fake-gpu"):
+            name = f"dynamic batching raises 8 clients' throughput ({backend})"
+            found = [r for r in rows if r.group == "batching" and r.model == model and r.status == "ok"
+                     and r.name.endswith(f"({backend})") and r.extra.get("clients") == 8
+                     and r.extra.get("batching") is not False]
+            if not found:
+                targets.append(Target(name, model, "-", None, "> 1", None, "rows not in this run (8 clients)"))
+                continue
+            best = max(found, key=lambda r: r.ratio or 0.0)
+            if best.ratio is None:
+                targets.append(Target(name, model, best.frame, None, "> 1", None, "batching off not measured"))
+                continue
+            targets.append(Target(name, model, best.frame, best.ratio, "> 1", best.ratio > 1.0,
+                                  f"{best.name.split(', ', 1)[1]}: {best.throughput:.1f}/s vs {best.floor} = "
+                                  f"{best.ratio:.2f}x; p99 {best.p99:.0f} ms"))
+    return targets
+
+
+def _overload_targets(rows: list[Row], models: list[str]) -> list[Target]:
+    """Under overload, answered calls' p99 stays within 2x of the bound's own p99, refusals come at once."""
+    targets = []
+    for model in models:
+        name = f"overload: answered p99 <= {OVERLOAD_P99_LIMIT:.0f}x the bound's p99 without overload"
+        over = next((r for r in rows if r.group == "overload" and r.model == model and r.status == "ok"
+                     and r.name.endswith(": answered") and "bound" in r.name and "no bound" not in r.name), None)
+        calm = next((r for r in rows if r.group == "overload" and r.model == model and r.status == "ok"
+                     and r.name.endswith("no overload")), None)
+        refused = next((r for r in rows if r.group == "overload" and r.model == model and r.status == "ok"
+                        and r.name.endswith("RESOURCE_EXHAUSTED")), None)
+        if over is None or calm is None or not calm.p99 or over.p99 is None:
+            targets.append(Target(name, model, "-", None, f"<= {OVERLOAD_P99_LIMIT}", None, "rows not in this run"))
+        else:
+            share = over.p99 / calm.p99
+            targets.append(Target(name, model, over.frame, share, f"<= {OVERLOAD_P99_LIMIT}",
+                                  share <= OVERLOAD_P99_LIMIT,
+                                  f"p99 {over.p99:.0f} ms under overload vs {calm.p99:.0f} ms at the bound; "
+                                  f"{over.extra.get('refused', 0)} calls refused"))
+        name = "overload: RESOURCE_EXHAUSTED at once (refusals' median < half the answered median)"
+        if refused is None or over is None or over.median is None or refused.median is None:
+            targets.append(Target(name, model, "-", None, "< 0.5", None, "no refusal measured in this run"))
+        else:
+            share = refused.median / over.median
+            targets.append(Target(name, model, refused.frame, share, "< 0.5", share < 0.5,
+                                  f"refusals median {refused.median:.1f} ms (p99 {refused.p99:.1f} ms) vs answered "
+                                  f"median {over.median:.1f} ms"))
     return targets

@@ -52,6 +52,11 @@ def test_smoke_run_measures_every_group_when_run_with_the_smoke_preset(smoke_run
     assert {f"StartModel->RUNNING {kind} ({backend})" for kind in ("cold", "warm") for backend in ("cpu", "fake-gpu")
             } <= _names(rows, "startup")
     assert len(_names(rows, "memory")) == 3
+    batching = _names(rows, "batching")
+    assert {f"4 clients, batching off ({backend})" for backend in ("cpu", "fake-gpu")} <= batching
+    assert {f"4 clients, batching up to 8, 2 ms delay ({backend})" for backend in ("cpu", "fake-gpu")} <= batching
+    assert {"2 clients (the bound), no overload", "6 clients, bound 2: answered",
+            "6 clients, no bound reached: answered"} <= _names(rows, "overload")
     assert "median" in stdout and "Targets:" in stdout
     assert {"machine", "config", "targets"} <= document.keys()
     assert document["machine"]["cores"] >= 1
