@@ -7,16 +7,19 @@ component at a time; the variants are measured in turn, twice, so a noisy machin
 Each row's floor is the same model with batching off, measured in the same rounds: the ratio is
 throughput with batching / throughput without (higher is better).
 
-Overload: more clients than the agent holds per model (``--max-requests-per-model``). Each client
-calls back to back for a fixed time and, when refused with RESOURCE_EXHAUSTED, waits 10 ms (the
-back-off the error message asks for) before calling again. Rows: the accepted calls' latency next
-to the latency of as many clients as the bound without overload (the floor), the refusals' latency,
-and the same overload against an agent whose bound is out of reach (requests queue instead).
+Overload: more calls than the agent holds per model (``--max-requests-per-model``). First as many
+clients as the bound call back to back: the most the bound lets in, never refused (the floor).
+Then more clients than the bound, each calling at a fixed rate as a camera does, together offering
+three times the throughput just measured; a call that is refused (RESOURCE_EXHAUSTED) or answered
+late is followed by the next frame at the next tick. Rows: the answered calls' latency, the
+refusals' latency, and the same offered load against an agent whose bound is out of reach
+(requests queue instead).
 """
 
 from __future__ import annotations
 
 import json
+import math
 import shutil
 import threading
 import time
@@ -40,8 +43,8 @@ VARIANTS: tuple[tuple[str, str, object], ...] = (
     ("batching up to 8, 2 ms delay", "b-8d2", {"max_batch": 8, "max_queue_delay_ms": 2}),
 )
 ROUNDS = 2
-REFUSED_BACKOFF_S = 0.010
 UNREACHABLE_BOUND = 1000
+OVERLOAD_FACTOR = 3.0  # offered calls per second, in multiples of what the bound's clients get answered
 
 
 @dataclass
@@ -61,8 +64,13 @@ class Load:
 
 
 def run_clients(address: str, component: str, frame: np.ndarray, clients: int, *, requests: int | None = None,
-                seconds: float | None = None) -> Load:
-    """``clients`` callers, each ``requests`` calls or calling for ``seconds``; refusals back off 10 ms."""
+                seconds: float | None = None, period_s: float | None = None) -> Load:
+    """``clients`` callers, each making ``requests`` calls or calling for ``seconds``.
+
+    Without ``period_s`` each client calls back to back. With it, each calls once per period (a
+    camera's frame rate, phases spread over the period), skipping the ticks that passed while a
+    call was out; a refused call is simply not retried.
+    """
     senders = [FrameSender(address, component, frame, shared_memory=True, separate_connection=True)
                for _ in range(clients)]
     answered: list[list[float]] = [[] for _ in senders]
@@ -72,14 +80,21 @@ def run_clients(address: str, component: str, frame: np.ndarray, clients: int, *
         for sender in senders:  # connect and warm each client
             sender.detect()
         barrier = threading.Barrier(clients + 1)
-        deadline = [0.0]
+        start = [0.0]
 
         def client(index: int) -> None:
             barrier.wait()
             try:
                 count = 0
+                tick = start[0] + (period_s or 0.0) * index / clients
+                end = start[0] + (seconds or 0.0)
                 while (requests is not None and count < requests) or (
-                        requests is None and time.perf_counter() < deadline[0]):
+                        requests is None and time.perf_counter() < end):
+                    if period_s is not None:
+                        now = time.perf_counter()
+                        if tick > now:
+                            time.sleep(tick - now)
+                        tick += period_s * max(1, math.ceil((time.perf_counter() - tick) / period_s))
                     count += 1
                     t0 = time.perf_counter()
                     try:
@@ -88,7 +103,6 @@ def run_clients(address: str, component: str, frame: np.ndarray, clients: int, *
                         if exc.code() != grpc.StatusCode.RESOURCE_EXHAUSTED:
                             raise
                         refused[index].append(time.perf_counter() - t0)
-                        time.sleep(REFUSED_BACKOFF_S)
                         continue
                     answered[index].append(time.perf_counter() - t0)
             except BaseException as exc:  # reported below, after every thread has finished
@@ -97,12 +111,11 @@ def run_clients(address: str, component: str, frame: np.ndarray, clients: int, *
         threads = [threading.Thread(target=client, args=(i,), daemon=True) for i in range(clients)]
         for thread in threads:
             thread.start()
-        deadline[0] = time.perf_counter() + (seconds or 0.0)
+        start[0] = time.perf_counter()
         barrier.wait()
-        started = time.perf_counter()
         for thread in threads:
             thread.join()
-        elapsed = time.perf_counter() - started
+        elapsed = time.perf_counter() - start[0]
     finally:
         for sender in senders:
             sender.close()
@@ -200,38 +213,48 @@ def overload_rows(config: BenchConfig, models: list[ModelSpec], models_dir: Path
                 address = f"unix://{agent.socket_path}"
                 agent.start_model(spec.component)
                 calm = run_clients(address, spec.component, frame, bound, seconds=config.overload_seconds)
-                over = run_clients(address, spec.component, frame, clients, seconds=config.overload_seconds)
+                offered = OVERLOAD_FACTOR * calm.per_second
+                period = clients / offered
+                over = run_clients(address, spec.component, frame, clients, seconds=config.overload_seconds,
+                                   period_s=period)
             with AgentProcess(models_dir, workdir,
                               extra_args=("--max-requests-per-model", str(UNREACHABLE_BOUND))) as agent:
                 address = f"unix://{agent.socket_path}"
                 agent.start_model(spec.component)
-                queued = run_clients(address, spec.component, frame, clients, seconds=config.overload_seconds)
-            calm_stats = Stats.of(calm.answered)
-            calm_ms = calm_stats.median * 1e3
-            floor = f"{bound} clients, no overload"
-            calm_row = Row.timed("overload", f"{bound} clients (the bound), no overload", calm_stats, model=spec.key,
-                                 frame=frame_name, floor="itself", floor_ms=calm_ms, clients=bound,
-                                 refused=len(calm.refused), answered_per_s=calm.per_second)
-            calm_row.throughput = calm.per_second
-            rows.append(calm_row)
-            over_row = Row.timed("overload", f"{clients} clients, bound {bound}: answered", Stats.of(over.answered),
-                                 model=spec.key, frame=frame_name, floor=floor, floor_ms=calm_ms, clients=clients,
-                                 refused=len(over.refused), refused_share=len(over.refused) /
-                                 max(1, len(over.refused) + len(over.answered)),
-                                 p99_vs_no_overload_p99=ratio_of(Stats.of(over.answered).p99, calm_stats.p99))
-            over_row.throughput = over.per_second
-            rows.append(over_row)
+                queued = run_clients(address, spec.component, frame, clients, seconds=config.overload_seconds,
+                                     period_s=period)
+            rows += _overload_block(spec, frame_name, bound, clients, offered, calm, over, queued)
+    return rows
+
+
+def _overload_block(spec: ModelSpec, frame_name: str, bound: int, clients: int, offered: float, calm: Load,
+                    over: Load, queued: Load) -> list[Row]:
+    calm_stats = Stats.of(calm.answered)
+    calm_ms = calm_stats.median * 1e3
+    floor = f"{bound} clients, no overload"
+    load = f"{clients} clients offering {offered:.0f}/s"
+    rows = []
+    calm_row = Row.timed("overload", f"{bound} clients (the bound), back to back", calm_stats, model=spec.key,
+                         frame=frame_name, floor="itself", floor_ms=calm_ms, clients=bound,
+                         refused=len(calm.refused))
+    calm_row.throughput = calm.per_second
+    rows.append(calm_row)
+    for label, load_result in ((f"{load}, bound {bound}: answered", over),
+                               (f"{load}, no bound reached: answered", queued)):
+        total = len(load_result.refused) + len(load_result.answered)
+        row = Row.timed("overload", label, Stats.of(load_result.answered), model=spec.key, frame=frame_name,
+                        floor=floor, floor_ms=calm_ms, clients=clients, offered_per_s=offered,
+                        refused=len(load_result.refused), refused_share=len(load_result.refused) / max(1, total),
+                        p99_vs_no_overload_p99=ratio_of(Stats.of(load_result.answered).p99, calm_stats.p99),
+                        note=f"{len(load_result.refused)} of {total} refused")
+        row.throughput = load_result.per_second
+        rows.append(row)
+        if load_result is over:
+            name = f"{load}, bound {bound}: RESOURCE_EXHAUSTED"
             if over.refused:
-                rows.append(Row.timed("overload", f"{clients} clients, bound {bound}: RESOURCE_EXHAUSTED",
-                                      Stats.of(over.refused), model=spec.key, frame=frame_name, floor=floor,
-                                      floor_ms=calm_ms, clients=clients, refused=len(over.refused)))
+                rows.append(Row.timed("overload", name, Stats.of(over.refused), model=spec.key, frame=frame_name,
+                                      floor=floor, floor_ms=calm_ms, clients=clients, refused=len(over.refused)))
             else:
-                rows.append(Row.unavailable("overload", f"{clients} clients, bound {bound}: RESOURCE_EXHAUSTED",
-                                            "no call was refused", model=spec.key, frame=frame_name))
-            queued_row = Row.timed("overload", f"{clients} clients, no bound reached: answered",
-                                   Stats.of(queued.answered), model=spec.key, frame=frame_name, floor=floor,
-                                   floor_ms=calm_ms, clients=clients, refused=len(queued.refused),
-                                   p99_vs_no_overload_p99=ratio_of(Stats.of(queued.answered).p99, calm_stats.p99))
-            queued_row.throughput = queued.per_second
-            rows.append(queued_row)
+                rows.append(Row.unavailable("overload", name, "no call was refused", model=spec.key,
+                                            frame=frame_name))
     return rows

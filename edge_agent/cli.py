@@ -87,6 +87,8 @@ def _cmd_serve(args: argparse.Namespace) -> int:
     if config.prebuild == "on" or (config.prebuild == "auto" and provider.kind == "tensorrt"
                                    and config.fake_gpu_memory is None):
         Prebuilder(manager, provider).attach()
+    if hasattr(provider, "prepare_runtime"):
+        provider.prepare_runtime()  # ONNX Runtime's first session in a process is slow: make it now
     versions = provider.versions() if hasattr(provider, "versions") else {}
     metrics = AgentMetrics(CollectorRegistry(), manager, provider, versions) if config.metrics_port else None
     try:

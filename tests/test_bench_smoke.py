@@ -55,8 +55,10 @@ def test_smoke_run_measures_every_group_when_run_with_the_smoke_preset(smoke_run
     batching = _names(rows, "batching")
     assert {f"4 clients, batching off ({backend})" for backend in ("cpu", "fake-gpu")} <= batching
     assert {f"4 clients, batching up to 8, 2 ms delay ({backend})" for backend in ("cpu", "fake-gpu")} <= batching
-    assert {"2 clients (the bound), no overload", "6 clients, bound 2: answered",
-            "6 clients, no bound reached: answered"} <= _names(rows, "overload")
+    overload = _names(rows, "overload")
+    assert "2 clients (the bound), back to back" in overload
+    assert any(name.startswith("6 clients offering") and name.endswith("bound 2: answered") for name in overload)
+    assert any(name.endswith("no bound reached: answered") for name in overload)
     assert "median" in stdout and "Targets:" in stdout
     assert {"machine", "config", "targets"} <= document.keys()
     assert document["machine"]["cores"] >= 1
@@ -67,7 +69,8 @@ def test_smoke_run_reports_finite_positive_numbers_when_a_row_is_measured(smoke_
     rows = smoke_run[0]["rows"]
     measured = [row for row in rows if row["status"] == "ok"]
     cpu_rows = [row for row in measured if "fake-gpu" not in row["name"]]
-    assert len(cpu_rows) == len([row for row in rows if "fake-gpu" not in row["name"]]), "only fake-GPU rows may be n/a"
+    assert len(cpu_rows) == len([row for row in rows if "fake-gpu" not in row["name"]
+                                 and "no call was refused" not in row["status"]]), "only fake-GPU rows may be n/a"
     for row in measured:
         for key in ("median", "p99", "floor_value"):
             value = row[key]
@@ -78,8 +81,8 @@ def test_smoke_run_reports_finite_positive_numbers_when_a_row_is_measured(smoke_
         if row["group"] == "concurrency":
             assert row["throughput"] > 0, row["name"]
     for row in rows:
-        if row["status"] != "ok":
-            assert row["status"].startswith("n/a (fake GPU"), row
+        if row["status"] != "ok":  # the fake GPU may be missing; a short overload may refuse nothing
+            assert row["status"].startswith(("n/a (fake GPU", "n/a (no call was refused")), row
 
 
 @pytest.mark.slow

@@ -228,3 +228,14 @@ def test_serve_refuses_unknown_socket_group(models_dir: Path, short_tmp: Path) -
     assert process.returncode == 2
     assert "socket group 'no-such-group-xyz' does not exist" in err
     assert not (short_tmp / "agent.sock").exists()
+
+
+def test_onnxruntime_warm_up_at_start_creates_a_session_without_error(caplog: pytest.LogCaptureFixture) -> None:
+    from edge_agent.backends import OnnxRuntimeProvider
+
+    caplog.set_level("DEBUG", logger="edge_agent.backends")
+    thread = OnnxRuntimeProvider(isolate_loads=False).prepare_runtime()
+    thread.join(60)
+    assert not thread.is_alive()
+    assert thread.name == "onnxruntime-warm-up"
+    assert not [r for r in caplog.records if "warm-up failed" in r.getMessage()], caplog.text
