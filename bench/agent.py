@@ -58,22 +58,32 @@ class Memory:
         return cls(fields["VmRSS"], fields["VmHWM"])
 
 
+def free_port() -> int:
+    """A TCP port free on the loopback interface now (for the agent's metrics)."""
+    import socket
+
+    with socket.socket() as probe:
+        probe.bind(("127.0.0.1", 0))
+        return int(probe.getsockname()[1])
+
+
 class AgentProcess:
     """Starts an agent on a unix socket in ``workdir``; a context manager that always stops it."""
 
     def __init__(self, models_dir: Path, workdir: Path, *, fake_gpu_cache: Path | None = None,
                  fake_gpu_memory: str = "8GiB", env: dict[str, str] | None = None,
-                 extra_args: tuple[str, ...] = ()) -> None:
+                 extra_args: tuple[str, ...] = (), metrics_port: int = 0) -> None:
         self.socket_path = str(workdir / "agent.sock")
         self.log_path = workdir / ("agent-fake-gpu.log" if fake_gpu_cache else "agent.log")
         if fake_gpu_cache is None:
             self.command = [sys.executable, "-m", "edge_agent.cli", "--log-level", "warning", "serve",
-                            "--socket", self.socket_path, "--models-dir", str(models_dir), "--metrics-port", "0",
-                            "--backend", "onnxruntime"]
+                            "--socket", self.socket_path, "--models-dir", str(models_dir), "--metrics-port",
+                            str(metrics_port), "--metrics-address", "127.0.0.1", "--backend", "onnxruntime"]
         else:
             self.command = [sys.executable, "-m", "bench.fake_gpu_agent", "--socket", self.socket_path,
                             "--models-dir", str(models_dir), "--cache-dir", str(fake_gpu_cache),
-                            "--fake-gpu-memory", fake_gpu_memory]
+                            "--fake-gpu-memory", fake_gpu_memory, "--metrics-port", str(metrics_port)]
+        self.metrics_port = metrics_port
         self.command += list(extra_args)
         self.env = {**os.environ, **(env or {})}
         # The bench package must be importable by the child, whatever the caller's directory.
@@ -133,6 +143,18 @@ class AgentProcess:
                 self.process.kill()
                 self.process.wait()
         self.process = None
+
+    def metric_samples(self, name: str) -> dict[tuple[tuple[str, str], ...], float]:
+        """The samples of one metric on the agent's /metrics page, by their labels."""
+        from urllib.request import urlopen
+
+        from prometheus_client.parser import text_string_to_metric_families
+
+        with urlopen(f"http://127.0.0.1:{self.metrics_port}/metrics", timeout=10) as page:
+            text = page.read().decode()
+        return {tuple(sorted(sample.labels.items())): sample.value
+                for family in text_string_to_metric_families(text) for sample in family.samples
+                if sample.name == name}
 
     def memory(self) -> Memory:
         return Memory.of(self.pid)

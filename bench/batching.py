@@ -3,9 +3,12 @@
 Batching: the same model served as several components that differ only in their manifest's
 ``batching`` (off, up to 4, up to 8, up to 8 with a 2 ms queue delay), on the CPU and on the fake
 GPU. Eight clients (each with its own connection and segments, frames by shared memory) call one
-component at a time; the variants are measured in turn, twice, so a noisy machine shifts them alike.
-Each row's floor is the same model with batching off, measured in the same rounds: the ratio is
-throughput with batching / throughput without (higher is better).
+component at a time; the variants are measured in turn, in several rounds (each round in another
+order), so a noisy machine shifts them alike. Each row's floor is the same model with batching off,
+measured in the same rounds: the ratio is throughput with batching / throughput without (higher is
+better). The note gives the mean batch the agent formed (its ``edge_agent_detect_batch_size``
+histogram) and what its status says about batching: a model that cannot batch is served one image
+at a time whatever its manifest asks, and its rows measure nothing but noise.
 
 Overload: more calls than the agent holds per model (``--max-requests-per-model``). First as many
 clients as the bound call back to back: the most the bound lets in, never refused (the floor).
@@ -29,7 +32,7 @@ from pathlib import Path
 import grpc
 import numpy as np
 
-from bench.agent import AgentProcess, FrameSender
+from bench.agent import AgentProcess, FrameSender, free_port
 from bench.config import BenchConfig
 from bench.models import ModelSpec
 from bench.startup import fake_gpu_unavailable
@@ -42,7 +45,6 @@ VARIANTS: tuple[tuple[str, str, object], ...] = (
     ("batching up to 8", "b-8", {"max_batch": 8, "max_queue_delay_ms": 0}),
     ("batching up to 8, 2 ms delay", "b-8d2", {"max_batch": 8, "max_queue_delay_ms": 2}),
 )
-ROUNDS = 2
 UNREACHABLE_BOUND = 1000
 OVERLOAD_FACTOR = 3.0  # offered calls per second, in multiples of what the bound's clients get answered
 
@@ -158,7 +160,7 @@ def batching_rows(config: BenchConfig, models: list[ModelSpec], models_dir: Path
         cache = workdir / "batching-engine-cache" if backend == "fake-gpu" else None
         if cache is not None:
             cache.mkdir(parents=True, exist_ok=True)
-        with AgentProcess(variants_dir, workdir, fake_gpu_cache=cache) as agent:
+        with AgentProcess(variants_dir, workdir, fake_gpu_cache=cache, metrics_port=free_port()) as agent:
             address = f"unix://{agent.socket_path}"
             for name in names.values():
                 agent.start_model(name)
@@ -173,24 +175,55 @@ def _variant_rows(config: BenchConfig, address: str, spec: ModelSpec, frame_name
                   names: dict[tuple[str, str], str], backend: str, agent: AgentProcess) -> list[Row]:
     clients = config.batching_clients
     loads: dict[str, Load] = {}
-    for _ in range(ROUNDS):
-        for _label, suffix, _batching in VARIANTS:
+    before = _batch_sizes(agent)
+    for round_index in range(config.batching_rounds):
+        shift = round_index % len(VARIANTS)
+        for _label, suffix, _batching in VARIANTS[shift:] + VARIANTS[:shift]:
             load = run_clients(address, names[spec.key, suffix], frame, clients,
                                requests=config.batching_requests)
             loads[suffix] = loads[suffix].merge(load) if suffix in loads else load
+    after = _batch_sizes(agent)
     off = loads["b-off"].per_second
     rows = []
     for label, suffix, batching in VARIANTS:
         load = loads[suffix]
+        name = names[spec.key, suffix]
+        status = _status(agent, name)
+        effective = _batching_said(status)
+        count = after.get(name, (0.0, 0.0))[0] - before.get(name, (0.0, 0.0))[0]
+        total = after.get(name, (0.0, 0.0))[1] - before.get(name, (0.0, 0.0))[1]
+        mean_batch = total / count if count else None
+        note = f"{effective}; mean batch {mean_batch:.2f}" if mean_batch else effective
         row = Row.timed("batching", f"{clients} clients, {label} ({backend})", Stats.of(load.answered),
-                        model=spec.key, frame=frame_name, floor=f"batching off {off:.1f}/s",
+                        model=spec.key, frame=frame_name, floor=f"batching off {off:.1f}/s", note=note,
                         clients=clients, requests=len(load.answered), seconds=load.seconds, batching=batching,
-                        status_message=_status(agent, names[spec.key, suffix]))
+                        batching_on=effective.startswith("on"), mean_batch=mean_batch, status_message=status)
         row.throughput = load.per_second
         row.floor_value = off
         row.ratio = ratio_of(load.per_second, off)
         rows.append(row)
     return rows
+
+
+def _batch_sizes(agent: AgentProcess) -> dict[str, tuple[float, float]]:
+    """(count, sum) of each component's batch-size histogram (calls, and images in their batches)."""
+    counts = agent.metric_samples("edge_agent_detect_batch_size_count")
+    sums = agent.metric_samples("edge_agent_detect_batch_size_sum")
+    result = {}
+    for labels, count in counts.items():
+        component = dict(labels).get("model_component", "")
+        result[component] = (count, sums.get(labels, 0.0))
+    return result
+
+
+def _batching_said(status: str) -> str:
+    """What the model's status says about batching: "on, up to N" or "off (why)"."""
+    if "Dynamic batching up to " in status:
+        return "on, up to " + status.split("Dynamic batching up to ", 1)[1].split()[0]
+    if "Dynamic batching off" in status:
+        why = status.split("Dynamic batching off", 1)[1].lstrip(":( ").rstrip(").")
+        return f"off ({why[:80]})"
+    return "off (not said)"
 
 
 def _status(agent: AgentProcess, component: str) -> str:

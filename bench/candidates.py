@@ -12,7 +12,8 @@ proposes, so that each proposal comes with a measured gain and a check that it g
   one grey level of Pillow's.
 * ``streamed_reduce``: the same for a shared-memory frame, read with ``preadv`` in blocks of rows into
   one reused buffer (still never mapping the client's segment, so a client that shrinks it cannot
-  crash the agent), instead of copying the whole frame into a new array first.
+  crash the agent), instead of copying the whole frame into a new array first. Applied to the agent
+  (``Frame.row_means``, ``server.shared_memory_frame``): its row now times the agent's own path.
 * ``fast_mask``: the anomaly map upscaled bilinearly exactly as Pillow does (same taps and weights, same
   double accumulation rounded to float32), but thresholded without materializing the full-size float
   map: a pixel between two source rows that are both above (or both below) the threshold is above (or
@@ -171,7 +172,8 @@ def _frame_candidates(config: BenchConfig, spec: ModelSpec, runner: Any, name: s
     """Each candidate next to the agent's code it would replace, on one frame."""
     from edge_agent import shm
     from edge_agent.client import OwnedSegment
-    from edge_agent.imaging import frame_from_bytes, frame_from_segment
+    from edge_agent.imaging import frame_from_bytes
+    from edge_agent.server import shared_memory_frame
 
     rows = []
     width, height = parse_size(name)
@@ -198,9 +200,9 @@ def _frame_candidates(config: BenchConfig, spec: ModelSpec, runner: Any, name: s
         fx, fy = reduce_factors(width, height, target)
         buffer = np.empty(max(fy, (STREAM_BLOCK_BYTES // (width * 3)) // fy * fy) * width * 3, np.uint8)
 
-        def today_shm() -> np.ndarray:
+        def today_shm() -> np.ndarray:  # the agent's own path since the candidate was applied
             handle = shm.check_range(segment.name, 0, segment.size, field)
-            return runner.preprocess(frame_from_segment(width, height, shm.read(handle, field), field))
+            return runner.preprocess(shared_memory_frame(width, height, handle, field))
 
         def mine_shm() -> np.ndarray:
             return normalize(streamed_reduce(path, 0, width, height, width * 3, target, buffer, pre.resize))

@@ -44,7 +44,8 @@ class BenchConfig:
     # default: the inference is then most of the work, so batching shows most).
     batching_frames: tuple[str, ...] = ("256x256",)
     batching_clients: int = 8
-    batching_requests: int = 6
+    batching_requests: int = 4  # per client, variant and round
+    batching_rounds: int = 3
     # Overload rows: the agent's per-model bound, the clients (more than the bound) and seconds each.
     overload_bound: int = 8
     overload_clients: int = 32
@@ -69,8 +70,8 @@ PRESETS: dict[str, BenchConfig] = {
                          repeats_medium=3, repeats_large=3, row_budget_s=2.0, floor_repeats=3, ort_runs=4,
                          clients=(1, 2), requests_small=2, requests_medium=2, requests_large=1, cold_starts=1,
                          warm_starts=1, memory_runs=1, memory_calls=1, conv_width=0.25, thread_candidate=False,
-                         batching_clients=4, batching_requests=2, overload_bound=2, overload_clients=6,
-                         overload_seconds=1.0),
+                         batching_clients=4, batching_requests=2, batching_rounds=1, overload_bound=2,
+                         overload_clients=6, overload_seconds=1.0),
     # About 3 minutes on a 2-core machine.
     "quick": BenchConfig(preset="quick", warmup=1, repeats_small=15, repeats_medium=8, repeats_large=3,
                          row_budget_s=8.0, floor_repeats=20, ort_runs=12, requests_small=5, requests_medium=2,
@@ -79,8 +80,8 @@ PRESETS: dict[str, BenchConfig] = {
     # 10-15 minutes on a 2-core machine.
     "full": BenchConfig(preset="full", warmup=3, repeats_small=60, repeats_medium=30, repeats_large=10,
                         row_budget_s=30.0, floor_repeats=60, ort_runs=40, requests_small=20, requests_medium=8,
-                        requests_large=2, cold_starts=3, warm_starts=4, memory_runs=2, batching_requests=15,
-                        overload_seconds=15.0),
+                        requests_large=2, cold_starts=3, warm_starts=4, memory_runs=2, batching_requests=6,
+                        batching_rounds=5, overload_seconds=15.0),
 }
 
 

@@ -65,10 +65,12 @@ def conv_net(width: float = 1.0, size: int = MODEL_INPUT_PX) -> tuple[onnx.Model
     head = (rng.standard_normal((1, channels, 1, 1)) / np.sqrt(channels)).astype(np.float32)
     init.append(numpy_helper.from_array(head, "head"))
     parameters += head.size
-    init.append(numpy_helper.from_array(np.array([1, 1, size, size], np.int64), "out_size"))
+    # Scales, not sizes: a Resize to fixed sizes would pin the batch to 1 (and defeat dynamic batching).
+    stride = int(np.prod([s for _, s in _ENCODER]))
+    init.append(numpy_helper.from_array(np.array([1, 1, stride, stride], np.float32), "out_scales"))
     nodes += [
         helper.make_node("Conv", [current, "head"], ["low_map"]),
-        helper.make_node("Resize", ["low_map", "", "", "out_size"], ["anomaly_map"], mode="linear"),
+        helper.make_node("Resize", ["low_map", "", "out_scales"], ["anomaly_map"], mode="linear"),
         helper.make_node("ReduceMax", ["anomaly_map"], ["score"], axes=[1, 2, 3], keepdims=0),
     ]
     graph = helper.make_graph(

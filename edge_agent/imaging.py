@@ -8,6 +8,8 @@ an area-correct downscale), then scales and normalizes in one numpy pass.
 
 from __future__ import annotations
 
+import threading
+from collections.abc import Callable
 from dataclasses import dataclass
 
 import numpy as np
@@ -55,24 +57,73 @@ def vertical_means(rows: np.ndarray, fy: int, out: np.ndarray | None = None) -> 
     return out
 
 
+# Reads ``out.size`` bytes of a frame, starting ``start`` bytes into it, into ``out``.
+ReadBytes = Callable[[int, np.ndarray], None]
+# Large frames not yet in memory are read this many bytes (whole rows) at a time.
+STREAM_BLOCK_BYTES = 2 << 20
+_blocks = threading.local()  # one block buffer per thread, reused from call to call
+
+
 @dataclass(frozen=True)
 class Frame:
-    """An RGB888 image: ``height`` rows of ``stride`` bytes, ``width*3`` of them pixels."""
+    """An RGB888 image: ``height`` rows of ``stride`` bytes, ``width*3`` of them pixels.
+
+    ``data`` holds the bytes, or is None for a frame still in a client's shared memory:
+    ``read`` then copies bytes out on demand, so a large frame can be reduced a block of
+    rows at a time instead of being copied whole first. ``array()`` reads it all (once).
+    """
 
     width: int
     height: int
     stride: int
-    data: np.ndarray  # 1-D uint8, at least height*stride bytes
+    data: np.ndarray | None  # 1-D uint8, at least height*stride bytes
+    read: ReadBytes | None = None
+
+    @property
+    def loaded(self) -> np.ndarray:
+        """The frame's bytes, read from their source on first use."""
+        if self.data is None:
+            assert self.read is not None, "a frame needs data or a way to read it"
+            data = np.empty(self.height * self.stride, dtype=np.uint8)
+            self.read(0, data)
+            object.__setattr__(self, "data", data)  # a cache: the frame's content does not change
+            return data
+        return self.data
 
     def array(self) -> np.ndarray:
-        """A (height, width, 3) uint8 view (no copy)."""
-        rows = self.data[: self.height * self.stride].reshape(self.height, self.stride)
+        """A (height, width, 3) uint8 view (no copy once the bytes are in memory)."""
+        rows = self.loaded[: self.height * self.stride].reshape(self.height, self.stride)
         return rows[:, : self.width * RGB_BYTES_PER_PIXEL].reshape(self.height, self.width, RGB_BYTES_PER_PIXEL)
 
     def to_pil(self) -> Image.Image:
         return Image.frombuffer(
-            "RGB", (self.width, self.height), self.data, "raw", "RGB", self.stride, 1
+            "RGB", (self.width, self.height), self.loaded, "raw", "RGB", self.stride, 1
         )
+
+    def row_means(self, fy: int) -> np.ndarray:
+        """``vertical_means(self.array(), fy)``, read a block of rows at a time when not in memory."""
+        if self.data is not None or self.read is None:
+            return vertical_means(self.array(), fy)
+        width, height, stride = self.width, self.height, self.stride
+        out = np.empty((-(-height // fy), width, RGB_BYTES_PER_PIXEL), np.uint8)
+        rows_per_block = max(fy, STREAM_BLOCK_BYTES // stride // fy * fy)  # whole groups of fy rows
+        buffer = _block_buffer(rows_per_block * stride)
+        for first in range(0, height, rows_per_block):
+            count = min(rows_per_block, height - first)
+            block = buffer[: count * stride]
+            self.read(first * stride, block)
+            pixels = block.reshape(count, stride)[:, : width * RGB_BYTES_PER_PIXEL]
+            group = first // fy
+            vertical_means(pixels.reshape(count, width, RGB_BYTES_PER_PIXEL), fy,
+                           out=out[group: group - (-count // fy)])
+        return out
+
+
+def _block_buffer(size: int) -> np.ndarray:
+    buffer = getattr(_blocks, "buffer", None)
+    if buffer is None or buffer.size < size:
+        buffer = _blocks.buffer = np.empty(size, dtype=np.uint8)
+    return buffer
 
 
 def check_size(width: int, height: int, field: str = "bitmap") -> None:
@@ -98,9 +149,16 @@ def frame_from_segment(width: int, height: int, data: np.ndarray, field: str) ->
 
     ``len(data)`` is the handle's size: ``height * stride`` with ``stride >= width*3``.
     """
+    return Frame(width, height, segment_stride(width, height, int(data.size), field), data)
+
+
+def segment_stride(width: int, height: int, size: int, field: str) -> int:
+    """The row stride of a shared-memory frame of ``size`` bytes; raises InvalidArgumentError if none fits.
+
+    ``size`` is the handle's: ``height * stride`` with ``stride >= width*3``.
+    """
     check_size(width, height, "bitmap")
     packed = width * RGB_BYTES_PER_PIXEL
-    size = int(data.size)
     if size == width * height * 4:
         raise InvalidArgumentError(_byte_count_message(width, height, size, f"{field}.size"))
     if size % height != 0 or size // height < packed:
@@ -108,7 +166,7 @@ def frame_from_segment(width: int, height: int, data: np.ndarray, field: str) ->
             f"{field}.size is {size} bytes; for a {width}x{height} RGB888 image it must be {width * height * 3} "
             f"(packed rows) or height*stride with each row at least {packed} bytes (padded rows)."
         )
-    return Frame(width, height, size // height, data)
+    return size // height
 
 
 def _byte_count_message(width: int, height: int, got: int, field: str) -> str:
@@ -149,10 +207,11 @@ class Preprocessor:
         if fy == 1 or self._resample == Image.Resampling.NEAREST:
             image = frame.to_pil().resize(size, self._resample, reducing_gap=_REDUCING_GAP)
             return np.asarray(image)
-        # Large frames: average rows in numpy straight from the frame's buffer, so Pillow only
-        # ever holds an image fy times smaller (profiles showed Pillow copying the whole frame into
-        # its 4-byte layout first). Within one grey level of Pillow's own reducing-gap resize.
-        image = Image.fromarray(vertical_means(frame.array(), fy))
+        # Large frames: average rows in numpy straight from the frame's buffer (or from shared
+        # memory, a block of rows at a time), so Pillow only ever holds an image fy times smaller
+        # (profiles showed Pillow copying the whole frame into its 4-byte layout first). Within one
+        # grey level of Pillow's own reducing-gap resize.
+        image = Image.fromarray(frame.row_means(fy))
         if fx > 1:
             image = image.reduce((fx, 1))
         box = (0.0, 0.0, frame.width / fx, frame.height / fy)

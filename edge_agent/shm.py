@@ -102,20 +102,36 @@ def _open(segment: SegmentRange, field: str, writable: bool) -> int:
 
 def read(segment: SegmentRange, field: str) -> np.ndarray:
     """Copies ``size`` bytes at ``offset`` out of the segment into a new uint8 array."""
+    out = np.empty(segment.size, dtype=np.uint8)
+    read_into(segment, 0, out, field)
+    return out
+
+
+def check_readable(segment: SegmentRange, field: str) -> None:
+    """Raises InvalidArgumentError unless the segment exists, is readable and holds offset + size bytes."""
+    os.close(_open(segment, field, writable=False))
+
+
+def read_into(segment: SegmentRange, start: int, out: np.ndarray, field: str) -> None:
+    """Fills ``out`` (contiguous uint8) with the segment's bytes from ``offset + start``.
+
+    ``start + out.size`` must stay within the handle's size. Used to read a large frame a
+    block of rows at a time into a reused buffer.
+    """
+    if start < 0 or start + out.size > segment.size:
+        raise ValueError(f"bytes {start}..{start + out.size} are outside the handle's {segment.size}")
     fd = _open(segment, field, writable=False)
     try:
-        out = np.empty(segment.size, dtype=np.uint8)
-        view = memoryview(out)
+        view = memoryview(out).cast("B")
         done = 0
-        while done < segment.size:
-            got = os.preadv(fd, [view[done:]], segment.offset + done)
+        while done < view.nbytes:
+            got = os.preadv(fd, [view[done:]], segment.offset + start + done)
             if got == 0:
                 raise InvalidArgumentError(
-                    f"{field}: segment {segment.name!r} shrank to {segment.offset + done} bytes while the agent "
-                    "was reading it. Keep the segment's size until the reply arrives."
+                    f"{field}: segment {segment.name!r} shrank to {segment.offset + start + done} bytes while the "
+                    "agent was reading it. Keep the segment's size until the reply arrives."
                 )
             done += got
-        return out
     finally:
         os.close(fd)
 

@@ -399,3 +399,46 @@ def test_large_frames_resize_within_one_grey_level_of_pillow(width: int, height:
     want = np.asarray(frame.to_pil().resize((256, 256), _RESAMPLE[resize], reducing_gap=_REDUCING_GAP))
     assert got.shape == want.shape == (256, 256, 3)
     assert np.abs(got.astype(int) - want.astype(int)).max() <= 1
+
+
+@pytest.mark.parametrize(("width", "height", "stride_pad", "block_bytes"), [
+    (4096, 4096, 0, 2 << 20), (2000, 1500, 24, 100_000), (1111, 999, 5, 1), (700, 600, 0, 10_000_000),
+])
+def test_a_frame_read_in_blocks_resizes_exactly_as_the_same_frame_in_memory(
+        width: int, height: int, stride_pad: int, block_bytes: int, monkeypatch: pytest.MonkeyPatch) -> None:
+    import edge_agent.imaging as imaging
+
+    monkeypatch.setattr(imaging, "STREAM_BLOCK_BYTES", block_bytes)
+    rng = np.random.default_rng(width * height)
+    stride = width * 3 + stride_pad
+    data = rng.integers(0, 256, size=height * stride, dtype=np.uint8)
+    reads: list[tuple[int, int]] = []
+
+    def read(start: int, out: np.ndarray) -> None:
+        reads.append((start, out.size))
+        out[:] = data[start:start + out.size]
+
+    lazy = Frame(width, height, stride, None, read=read)
+    in_memory = Frame(width, height, stride, data)
+    spec = InputSpec(name=None, width=256, height=256, mean=(0.5, 0.4, 0.3), std=(0.2, 0.3, 0.25))
+    preprocess = Preprocessor(spec, np.dtype(np.float32))
+    np.testing.assert_array_equal(preprocess(lazy), preprocess(in_memory))
+    fy = imaging.reduce_factors(width, height, (256, 256))[1]
+    if fy > 1:  # read once, in whole rows, each block a whole number of fy-row groups but the last
+        assert lazy.data is None
+        assert sum(size for _, size in reads) == height * stride
+        assert all(start % (stride * fy) == 0 and size % stride == 0 for start, size in reads)
+        assert [start for start, _ in reads] == sorted({start for start, _ in reads})
+    else:  # small reductions read the frame whole, once, and keep it
+        assert reads == [(0, height * stride)] and lazy.data is not None
+        np.testing.assert_array_equal(lazy.array(), in_memory.array())
+        assert len(reads) == 1
+
+
+def test_a_failed_read_of_a_lazy_frame_reaches_the_caller() -> None:
+    def read(start: int, out: np.ndarray) -> None:
+        raise InvalidArgumentError("bitmap.shared_memory_handle: segment 'x' shrank")
+
+    frame = Frame(4096, 4096, 4096 * 3, None, read=read)
+    with pytest.raises(InvalidArgumentError, match="shrank"):
+        Preprocessor(InputSpec(name=None, width=256, height=256), np.dtype(np.float32))(frame)

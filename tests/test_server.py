@@ -398,3 +398,23 @@ def test_list_models_shows_failed_when_onnx_is_corrupt_before_anyone_starts_it(r
     model_factory.anomaly_map_model(path, with_map=False)  # fixed: back to STOPPED without a restart
     models = {m.model_component: m for m in running_agent.stub.ListModels(pb2.ListModelsRequest()).models}
     assert models["redness-cls"].status == pb2.STOPPED
+
+
+def test_a_large_padded_frame_by_shared_memory_answers_as_the_same_frame_inline(seg_agent: RunningAgent) -> None:
+    # Large frames by shared memory are read a block of rows at a time and reduced as they come.
+    width, height = 2048, 1536
+    image = model_factory.with_patch(model_factory.grey_frame(width, height), 700, 500, 300, 200, (255, 0, 0))
+    stride = width * 3 + 256
+    padded = np.zeros((height, stride), np.uint8)
+    padded[:, : width * 3] = image.reshape(height, -1)
+    with OwnedSegment(padded.nbytes) as segment:
+        segment.write(padded)
+        request = pb2.DetectAnomaliesRequest(
+            model_component="redness-seg",
+            bitmap=pb2.Bitmap(width=width, height=height, shared_memory_handle=segment.handle()))
+        shared = seg_agent.stub.DetectAnomalies(request).detect_anomaly_result
+    inline = seg_agent.stub.DetectAnomalies(detect_request("redness-seg", image)).detect_anomaly_result
+    assert shared.is_anomalous and shared.confidence == inline.confidence
+    assert shared.anomaly_mask.byte_data == inline.anomaly_mask.byte_data
+    assert [a.pixel_anomaly.total_percentage_area for a in shared.anomalies] == [
+        a.pixel_anomaly.total_percentage_area for a in inline.anomalies]

@@ -459,3 +459,23 @@ def test_segment_survives_when_a_spawned_multiprocessing_child_read_it(segments:
         pytest.fail("the spawned child did not finish")
     assert process.exitcode == 0
     assert segments.exists(name), "the segment was unlinked when the spawned child exited"
+
+
+def test_read_into_fills_a_block_at_an_offset_within_the_handle(segments: Segments) -> None:
+    data = _random_bytes(6000, seed=9)
+    name = segments.create(data)
+    segment = _segment(name, 100, 5000)
+    out = np.zeros(1000, np.uint8)
+    shm.read_into(segment, 2000, out, FIELD)
+    assert out.tobytes() == data[2100:3100]
+    with pytest.raises(ValueError, match="outside the handle"):
+        shm.read_into(segment, 4500, out, FIELD)
+
+
+def test_check_readable_reports_a_missing_or_short_segment_before_any_read(segments: Segments) -> None:
+    name = segments.create(_random_bytes(100, seed=1))
+    shm.check_readable(_segment(name, 0, 100), FIELD)
+    with pytest.raises(InvalidArgumentError, match="holds 100 bytes"):
+        shm.check_readable(_segment(name, 50, 100), FIELD)
+    with pytest.raises(InvalidArgumentError, match="no shared memory segment"):
+        shm.check_readable(_segment(name + "-gone", 0, 10), FIELD)
