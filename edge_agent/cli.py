@@ -87,8 +87,9 @@ def _cmd_serve(args: argparse.Namespace) -> int:
     if config.prebuild == "on" or (config.prebuild == "auto" and provider.kind == "tensorrt"
                                    and config.fake_gpu_memory is None):
         Prebuilder(manager, provider).attach()
-    if hasattr(provider, "prepare_runtime"):
-        provider.prepare_runtime()  # ONNX Runtime's first session in a process is slow: make it now
+    # ONNX Runtime's first session in a process is slow: make it now, and let it finish before the
+    # process exits (a native thread still running at interpreter exit aborts the process).
+    warming = provider.prepare_runtime() if hasattr(provider, "prepare_runtime") else None
     versions = provider.versions() if hasattr(provider, "versions") else {}
     metrics = AgentMetrics(CollectorRegistry(), manager, provider, versions) if config.metrics_port else None
     try:
@@ -98,6 +99,8 @@ def _cmd_serve(args: argparse.Namespace) -> int:
         LOGGER.error("cannot start: %s", exc)
         return 2
     finally:
+        if warming is not None:
+            warming.join()
         if hasattr(provider, "close"):
             provider.close()
 
