@@ -1,7 +1,7 @@
 """``python -m bench``: runs the benchmark, prints the table and writes the JSON.
 
-    python -m bench                      # the quick preset (about 2-3 minutes on 2 cores)
-    python -m bench --preset full        # about 15 minutes
+    python -m bench                      # the quick preset (about 5 minutes on 2 cores)
+    python -m bench --preset full        # 6-15 minutes, by the machine's load
     python -m bench --groups grpc,concurrency --frames 1280x720 --models conv --repeats 30
     python -m bench profile              # py-spy profiles of the pipeline and the gRPC path
 
@@ -44,7 +44,7 @@ def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="python -m bench", description=__doc__,
                                      formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--preset", default="quick", choices=sorted(PRESETS),
-                        help="smoke (the test suite's), quick (default, 2-3 min) or full (about 15 min)")
+                        help="smoke (the test suite's), quick (default, about 5 min) or full (6-15 min)")
     parser.add_argument("--models", type=_csv, help="comma-separated: demo, conv (default both)")
     parser.add_argument("--frames", type=_csv, help="comma-separated WIDTHxHEIGHT (default 256x256,1280x720,4096x4096)")
     parser.add_argument("--groups", type=_csv, help=f"comma-separated, from: {', '.join(ALL_GROUPS)} (default all)")

@@ -72,12 +72,12 @@ PRESETS: dict[str, BenchConfig] = {
                          warm_starts=1, memory_runs=1, memory_calls=1, conv_width=0.25, thread_candidate=False,
                          batching_clients=4, batching_requests=2, batching_rounds=1, overload_bound=2,
                          overload_clients=6, overload_seconds=1.0),
-    # About 3 minutes on a 2-core machine.
+    # About 5 minutes on a 2-core machine.
     "quick": BenchConfig(preset="quick", warmup=1, repeats_small=15, repeats_medium=8, repeats_large=3,
                          row_budget_s=8.0, floor_repeats=20, ort_runs=12, requests_small=5, requests_medium=2,
                          cold_starts=1, warm_starts=2, memory_calls=1, concurrency_frames=("1280x720",),
                          candidate_frames=("1280x720", "4096x4096")),
-    # 10-15 minutes on a 2-core machine.
+    # 6-15 minutes on a 2-core machine, by its load.
     "full": BenchConfig(preset="full", warmup=3, repeats_small=60, repeats_medium=30, repeats_large=10,
                         row_budget_s=30.0, floor_repeats=60, ort_runs=40, requests_small=20, requests_medium=8,
                         requests_large=2, cold_starts=3, warm_starts=4, memory_runs=2, batching_requests=6,
