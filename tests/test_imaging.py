@@ -442,3 +442,30 @@ def test_a_failed_read_of_a_lazy_frame_reaches_the_caller() -> None:
     frame = Frame(4096, 4096, 4096 * 3, None, read=read)
     with pytest.raises(InvalidArgumentError, match="shrank"):
         Preprocessor(InputSpec(name=None, width=256, height=256), np.dtype(np.float32))(frame)
+
+
+@pytest.mark.parametrize("layout", ["NCHW", "NHWC"])
+@pytest.mark.parametrize("dtype", ["float32", "float16", "uint8"])
+@pytest.mark.parametrize("order", ["RGB", "BGR"])
+@pytest.mark.parametrize("identity", [True, False])
+def test_the_tensor_is_pixel_times_scale_minus_mean_over_std_in_every_layout(layout: str, dtype: str, order: str,
+                                                                             identity: bool) -> None:
+    rng = np.random.default_rng(5)
+    pixels = rng.integers(0, 256, (48, 40, 3), dtype=np.uint8)
+    frame = Frame(40, 48, 40 * 3, pixels.reshape(-1))
+    if identity:
+        spec = InputSpec(name=None, width=40, height=48, layout=layout, dtype=dtype, channel_order=order, scale=1.0)
+    else:
+        spec = InputSpec(name=None, width=40, height=48, layout=layout, dtype=dtype, channel_order=order,
+                         scale=1 / 255, mean=(0.485, 0.456, 0.406), std=(0.229, 0.224, 0.225))
+    got = Preprocessor(spec, np.dtype(dtype))(frame)
+    source = pixels[:, :, ::-1] if order == "BGR" else pixels
+    if dtype == "uint8":
+        want = source.copy()
+    else:
+        gain = (np.float32(spec.scale) / np.asarray(spec.std, np.float32)).astype(np.float32)
+        bias = (-np.asarray(spec.mean, np.float32) / np.asarray(spec.std, np.float32)).astype(np.float32)
+        want = (source.astype(np.float32) * gain + bias).astype(dtype)
+    want = want.transpose(2, 0, 1)[np.newaxis] if layout == "NCHW" else want[np.newaxis]
+    assert got.dtype == np.dtype(dtype) and got.flags.c_contiguous
+    np.testing.assert_array_equal(got, want)
