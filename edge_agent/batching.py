@@ -1,12 +1,15 @@
 """Dynamic batching: concurrent requests on one model gathered into one inference.
 
 A request's own thread does the work (no dispatcher thread, so a lone request pays
-no hand-off): it queues its input, and when an inference slot is free and nobody is
-gathering, it becomes the leader. The leader takes the oldest queued inputs, up to
-``max_batch``, waiting at most ``max_delay_s`` after the oldest one arrived for the
-batch to fill, runs them as one batch on its slot and hands each request its slice
-of the outputs. Requests leave in arrival order; with ``max_batch`` 1 this is a plain
-first-come, first-served queue in front of ``concurrency`` slots.
+no hand-off): it queues its input, and when an inference slot is free, nobody is
+gathering and its input is among the oldest ``max_batch`` queued, it becomes the
+leader. The leader takes the oldest queued inputs, up to ``max_batch`` (its own among
+them), waiting at most ``max_delay_s`` after the oldest one arrived for the batch to
+fill, runs them as one batch on its slot and hands each request its slice of the
+outputs. So a thread only ever runs a batch it needs itself (its answer never waits
+for others' inference), and the oldest queued input always has an idle thread to
+lead it the moment a slot frees. Requests leave in arrival order; with ``max_batch``
+1 this is a plain first-come, first-served queue in front of ``concurrency`` slots.
 
 With a delay of 0 (the default) nothing waits on purpose: a batch holds what queued
 while the slots were busy, so a single client sees no change and many clients get
@@ -15,6 +18,7 @@ batches as large as the backlog.
 
 from __future__ import annotations
 
+import itertools
 import threading
 import time
 from collections import deque
@@ -91,7 +95,7 @@ class DynamicBatcher:
             while True:
                 if request.done:
                     return None
-                if self._free > 0 and not self._gathering and request in self._pending:
+                if self._free > 0 and not self._gathering and self._at_head(request):
                     break
                 self._cond.wait()
             self._free -= 1
@@ -109,6 +113,10 @@ class DynamicBatcher:
             finally:
                 self._gathering = False
                 self._cond.notify_all()  # another free slot may start gathering now
+
+    def _at_head(self, request: BatchResult) -> bool:
+        """Whether ``request`` is among the oldest ``max_batch`` queued (caller holds the lock)."""
+        return any(queued is request for queued in itertools.islice(self._pending, self.max_batch))
 
     def _execute(self, batch: list[BatchResult]) -> None:
         started = time.perf_counter()

@@ -181,6 +181,54 @@ def test_two_slots_run_two_batches_side_by_side() -> None:
     assert [r.outputs["double"][0, 0, 0] for r in results] == [2.0, 4.0]
 
 
+@pytest.mark.parametrize("attempt", range(5))
+def test_a_thread_only_runs_batches_holding_its_own_request_so_no_slot_idles(attempt: int) -> None:
+    # Two slots, batches of one. R0 and R1 hold both slots; A then X queue. When R0 ends, only A's
+    # thread may take A (were X's thread to run A, X would then wait for A's whole inference while
+    # R1's slot, once free, had no thread to lead X). When R1 ends too, X starts while A still runs.
+    gates = {item: threading.Event() for item in (0, 1, 10)}
+    entered = {item: threading.Event() for item in (0, 1, 10, 20)}
+    ran_by: dict[int, str] = {}
+
+    def engine(tensor: np.ndarray) -> dict[str, np.ndarray]:
+        item = int(tensor.reshape(-1)[0])
+        ran_by[item] = threading.current_thread().name
+        entered[item].set()
+        if item in gates:
+            assert gates[item].wait(30)
+        return {"y": tensor.copy()}
+
+    batcher = DynamicBatcher(engine, max_batch=1, max_delay_s=0.0, concurrency=2)
+    threads = []
+
+    def start(item: int) -> None:
+        thread = threading.Thread(target=batcher.infer, args=(_item(item),), name=f"client{item}")
+        thread.start()
+        threads.append(thread)
+
+    try:
+        start(0)
+        assert entered[0].wait(30)
+        start(1)
+        assert entered[1].wait(30)
+        start(10)
+        _wait_queued(batcher, 1)
+        start(20)
+        _wait_queued(batcher, 2)
+        gates[0].set()
+        assert entered[10].wait(30)
+        gates[1].set()
+        assert entered[20].wait(30), "X stayed queued with a slot free"
+        assert not gates[10].is_set()  # A is still running
+    finally:
+        for gate in gates.values():
+            gate.set()
+        for thread in threads:
+            thread.join(30)
+    assert ran_by == {item: f"client{item}" for item in (0, 1, 10, 20)}
+    assert batcher.queued == 0
+
+
 def test_split_batch_refuses_outputs_without_the_batch_first() -> None:
     outputs = {"score": np.zeros((3,), np.float32), "total": np.float32(1.0) * np.ones(())}
     with pytest.raises(InferenceError, match="'total' has shape \\[\\] for a batch of 3"):
