@@ -18,6 +18,7 @@ batches as large as the backlog.
 
 from __future__ import annotations
 
+import copy
 import itertools
 import threading
 import time
@@ -78,15 +79,19 @@ class DynamicBatcher:
         with self._cond:
             self._pending.append(request)
             self._cond.notify_all()
+        led = False
         while True:
             batch = self._lead_or_wait(request)
             if batch is None:
                 break
+            led = True
             self._execute(batch)
             if request.done:
                 break
         if request.error is not None:
-            raise request.error
+            # The leader raises the error itself; every other request of the batch a copy of it, so
+            # tracebacks (and the frames they keep alive) stay each client's own.
+            raise request.error if led else _copy_of(request.error)
         return request
 
     def _lead_or_wait(self, request: BatchResult) -> list[BatchResult] | None:
@@ -140,6 +145,16 @@ class DynamicBatcher:
                 request.done = True
             self._free += 1
             self._cond.notify_all()
+
+
+def _copy_of(error: BaseException) -> BaseException:
+    """The same error as a new object (the original when its class cannot be rebuilt from its args)."""
+    try:
+        fresh = copy.copy(error)
+    except Exception:  # a constructor that does not take its own args back
+        return error
+    fresh.__traceback__ = None
+    return fresh
 
 
 def split_batch(outputs: dict[str, np.ndarray], size: int, label: str = "") -> list[dict[str, np.ndarray]]:

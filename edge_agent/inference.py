@@ -67,9 +67,12 @@ class Detection:
 class ModelRunner:
     """A manifest bound to a loaded backend."""
 
-    def __init__(self, manifest: Manifest, backend: Backend) -> None:
+    def __init__(self, manifest: Manifest, backend: Backend, *, batch_cap: int | None = None) -> None:
+        """``batch_cap``: the most calls the agent can hand this model at once (its worker threads,
+        its per-model request bound); a larger batch could never fill."""
         self.manifest = manifest
         self.backend = backend
+        self.batch_cap = batch_cap
         self.input_name, self.preprocess = self._bind_input()
         self._check_outputs_declared()
         types = manifest.anomaly_types
@@ -103,13 +106,19 @@ class ModelRunner:
                 note += " Export it with a dynamic batch dimension to batch, or set \"batching\": false."
             return 1, note
         limit = asked.max_batch
+        capped = ""
         engine_limit = self.backend.max_batch_size
         if engine_limit is not None and engine_limit < limit:
             limit = engine_limit
+            capped = f"; the engine takes at most {engine_limit}"
+        if self.batch_cap is not None and self.batch_cap < limit:
+            limit = max(1, self.batch_cap)
+            capped = (f"; the agent hands a model at most {self.batch_cap} calls at once (--workers, "
+                      "--max-requests-per-model)")
         if limit <= 1:
-            return 1, f"Dynamic batching off: the engine takes batches of at most {engine_limit}."
+            return 1, f"Dynamic batching off: batches of at most 1{capped}."
         return limit, (f"Dynamic batching up to {limit} images (queue delay "
-                       f"{asked.max_queue_delay_ms:g} ms).")
+                       f"{asked.max_queue_delay_ms:g} ms{capped}).")
 
     def _run_batch(self, tensor: np.ndarray) -> dict[str, np.ndarray]:
         return self.backend.infer({self.input_name: tensor})
@@ -178,7 +187,9 @@ class ModelRunner:
                 if problem is not None:
                     LOGGER.warning("%s: serving without dynamic batching: %s", self.backend.label, problem)
                     self.max_batch = 1
-                    self.batching_note = f"Dynamic batching off: {problem}"
+                    self.batching_note = (
+                        f"Dynamic batching off: {problem} Set \"batching\": false in the manifest: the model then "
+                        "also loads without buffers (and on TensorRT an engine) sized for a batch.")
                     serving = self._batcher
             return detection
         except InferenceError as exc:
@@ -199,19 +210,23 @@ class ModelRunner:
             together = self._run_batch(np.concatenate([tensors[i] for i in order], axis=0))
         except Exception as exc:  # the engine refused the batch: serve one by one
             return f"a batch of {self.max_batch} failed ({_first_line(exc)})."
+        loose = self.manifest.extra.get("fp16") is True  # FP16 engines differ more between batch sizes
         for name in alone[0]:
             value = together.get(name)
+            single_shape = list(alone[0][name].shape)
             if value is None or value.ndim == 0 or value.shape[0] != self.max_batch:
                 shape = "missing" if value is None else list(value.shape)
-                return (f"output {name!r} is {shape} for a batch of {self.max_batch}, not batch-first; "
-                        "set \"batching\": false in the manifest to silence this.")
+                return (f"output {name!r} is {shape} for a batch of {self.max_batch} ({single_shape} for one "
+                        "image), not batch-first.")
             for position, index in enumerate(order):
                 expected = alone[index][name]
                 got = value[position:position + 1]
-                if got.shape != expected.shape or not _close(got, expected):
+                if got.shape != expected.shape:
+                    return (f"output {name!r} is {list(value.shape)} for a batch of {self.max_batch} but "
+                            f"{single_shape} for one image, not the same shape with the batch first.")
+                if not _close(got, expected, loose=loose):
                     return (f"output {name!r} of an image in a batch differs from the same image alone (the model "
-                            "mixes images within a batch); set \"batching\": false in the manifest to silence "
-                            "this.")
+                            "mixes images within a batch).")
         return None
 
     # -- the pipeline -----------------------------------------------------------------------
@@ -303,7 +318,7 @@ class ModelRunner:
         return None
 
 
-def _close(got: np.ndarray, expected: np.ndarray) -> bool:
+def _close(got: np.ndarray, expected: np.ndarray, *, loose: bool = False) -> bool:
     """Equal up to what a different batch size changes in float kernels (and FP16 rounding)."""
     if got.dtype.kind not in "fc":
         return bool(np.array_equal(got, expected))
@@ -312,7 +327,9 @@ def _close(got: np.ndarray, expected: np.ndarray) -> bool:
         return False
     finite = np.isfinite(b)
     scale = float(np.abs(b[finite]).max()) if finite.any() else 0.0
-    tolerance = (1e-2 if got.dtype == np.float16 else 1e-4) * max(scale, 1e-6)
+    # Kernels picked per batch size sum in other orders: float32 moves by 1e-6 to 1e-4 of the
+    # largest value; images mixed within a batch move it by far more.
+    tolerance = (2e-2 if loose or got.dtype == np.float16 else 1e-3) * max(scale, 1e-6)
     if not np.array_equal(a[~finite], b[~finite], equal_nan=True):
         return False
     return bool(np.all(np.abs(a[finite] - b[finite]) <= tolerance))

@@ -274,20 +274,25 @@ def _read_batching(top: _Reader) -> Batching:
         return Batching()
     if isinstance(value, bool):
         return Batching(explicit=True) if value else Batching(max_batch=1, explicit=True)
+    if not isinstance(value, dict):
+        raise top.error("batching", 'must be true, false or {"max_batch": N, "max_queue_delay_ms": D}', value)
     reader = top.obj("batching")
     assert reader is not None
     unknown = sorted(set(reader.data) - {"max_batch", "max_queue_delay_ms"})
     if unknown:
         raise reader.error("batching", "may only hold max_batch and max_queue_delay_ms", unknown)
-    max_batch = reader.int("max_batch")
-    if max_batch is not None and max_batch > MAX_BATCH_LIMIT:
-        raise reader.error("batching.max_batch", f"must be an integer from 1 to {MAX_BATCH_LIMIT}", max_batch)
+    max_batch = reader.data.get("max_batch")
+    if max_batch is not None and (isinstance(max_batch, bool) or not isinstance(max_batch, int)
+                                  or not 1 <= max_batch <= MAX_BATCH_LIMIT):
+        raise reader.error("batching.max_batch", f"must be an integer from 1 to {MAX_BATCH_LIMIT} (1: no batching)",
+                           max_batch)
     delay = reader.float("max_queue_delay_ms")
     if delay is not None and not 0 <= delay <= MAX_QUEUE_DELAY_LIMIT_MS:
         raise reader.error("batching.max_queue_delay_ms",
                            f"must be a number of milliseconds from 0 to {MAX_QUEUE_DELAY_LIMIT_MS:.0f}", delay)
     return Batching(max_batch=DEFAULT_MAX_BATCH if max_batch is None else max_batch,
-                    max_queue_delay_ms=DEFAULT_MAX_QUEUE_DELAY_MS if delay is None else delay, explicit=True)
+                    max_queue_delay_ms=DEFAULT_MAX_QUEUE_DELAY_MS if delay is None else delay + 0.0,  # no -0
+                    explicit=True)
 
 
 def _read_anomaly_types(reader: _Reader, path: Path) -> tuple[AnomalyType, ...]:

@@ -192,6 +192,9 @@ class ModelManager:
         self._stop_drain_timeout_s = stop_drain_timeout_s
         self.memory_headroom_bytes = memory_headroom_bytes
         self.max_requests_per_model = max_requests_per_model
+        # Threads that serve calls (the gRPC server's workers, set by the server): with the request
+        # bound, the most calls one model can be handed at once, so the largest useful batch.
+        self.call_threads: int | None = None
         # Guards _entries, _closed and every field of every _Entry.
         self._lock = threading.Lock()
         # Signalled when an entry's in_flight drops to 0 or a load finishes.
@@ -397,7 +400,8 @@ class ModelManager:
             backend = self.provider.create(manifest)
             report = backend.load()
             try:
-                runner = ModelRunner(manifest, backend)
+                caps = [cap for cap in (self.max_requests_per_model, self.call_threads) if cap]
+                runner = ModelRunner(manifest, backend, batch_cap=min(caps) if caps else None)
                 runner.warm_up()
             except BaseException:
                 backend.unload()

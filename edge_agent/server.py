@@ -341,6 +341,7 @@ def create_server(
         # (terse) refusal is only a backstop for calls that never reach it.
         maximum_concurrent_rpcs=2 * max_concurrent_rpcs + 16,
     )
+    manager.call_threads = worker_threads  # no batch can hold more calls than threads serve them
     servicer = EdgeAgentServicer(manager, metrics, max_concurrent_rpcs)
     _register(servicer, server)
     health_servicer = health.HealthServicer(experimental_non_blocking=True)

@@ -16,7 +16,7 @@ import numpy as np
 import onnxruntime as ort
 
 from edge_agent.engines.base import Backend, LoadReport, TensorInfo
-from edge_agent.errors import ModelLoadError
+from edge_agent.errors import InferenceError, ModelLoadError
 
 LOGGER = logging.getLogger(__name__)
 
@@ -127,7 +127,11 @@ class OnnxRuntimeBackend(Backend):
         session = self._session
         assert session is not None
         names = [t.name for t in self._outputs]
-        values = session.run(names, dict(feeds))
+        try:
+            values = session.run(names, dict(feeds))
+        except Exception as exc:  # ORT raises its own unrelated types for a failed run
+            raise InferenceError(f"model {self.label}: ONNX Runtime failed to run the model "
+                                 f"({_first_line(exc)}).") from None
         return dict(zip(names, values, strict=True))
 
     def _unload_impl(self) -> None:

@@ -9,6 +9,7 @@ one image at a time.
 from __future__ import annotations
 
 import json
+import re
 import threading
 from collections.abc import Callable
 from concurrent.futures import ThreadPoolExecutor
@@ -229,6 +230,41 @@ def test_a_thread_only_runs_batches_holding_its_own_request_so_no_slot_idles(att
     assert batcher.queued == 0
 
 
+def test_each_request_of_a_failed_batch_raises_its_own_copy_of_the_error() -> None:
+    entered, release = threading.Event(), threading.Event()
+    state = {"calls": 0}
+
+    def engine(tensor: np.ndarray) -> dict[str, np.ndarray]:
+        state["calls"] += 1
+        if state["calls"] == 1:
+            entered.set()
+            assert release.wait(30)
+            return {"y": tensor}
+        raise InferenceError("model m: the engine broke")
+
+    batcher = DynamicBatcher(engine, max_batch=4, max_delay_s=0.0, concurrency=1)
+    errors: list[BaseException] = []
+
+    def call(value: float) -> None:
+        try:
+            batcher.infer(_item(value))
+        except InferenceError as exc:
+            errors.append(exc)
+
+    with ThreadPoolExecutor(4) as pool:
+        first = pool.submit(batcher.infer, _item(0))
+        assert entered.wait(30)
+        failing = [pool.submit(call, v) for v in (1, 2, 3)]
+        _wait_queued(batcher, 3)
+        release.set()
+        first.result(30)
+        for future in failing:
+            future.result(30)
+    assert len(errors) == 3 and len({id(e) for e in errors}) == 3
+    assert {str(e) for e in errors} == {"model m: the engine broke"}
+    assert all(type(e) is InferenceError for e in errors)
+
+
 def test_split_batch_refuses_outputs_without_the_batch_first() -> None:
     outputs = {"score": np.zeros((3,), np.float32), "total": np.float32(1.0) * np.ones(())}
     with pytest.raises(InferenceError, match="'total' has shape \\[\\] for a batch of 3"):
@@ -245,6 +281,11 @@ def _parse(tmp_path: Path, **fields: object) -> object:
     return parse_manifest(tmp_path, data).batching
 
 
+def test_a_negative_zero_delay_reads_as_zero(tmp_path: Path) -> None:
+    delay = _parse(tmp_path, batching={"max_queue_delay_ms": -0.0}).max_queue_delay_ms
+    assert delay == 0.0 and str(delay) == "0.0"
+
+
 def test_manifest_batching_defaults_and_forms(tmp_path: Path) -> None:
     default = _parse(tmp_path)
     assert (default.max_batch, default.max_queue_delay_ms, default.explicit) == (DEFAULT_MAX_BATCH, 0.0, False)
@@ -255,16 +296,18 @@ def test_manifest_batching_defaults_and_forms(tmp_path: Path) -> None:
 
 
 @pytest.mark.parametrize(("value", "message"), [
-    ({"max_batch": 0}, "batching.max_batch' must be an integer >= 1"),
+    ({"max_batch": 0}, "batching.max_batch' must be an integer from 1 to 64 (1: no batching)"),
     ({"max_batch": 65}, "batching.max_batch' must be an integer from 1 to 64"),
     ({"max_batch": 2.5}, "batching.max_batch' must be an integer"),
+    ({"max_batch": True}, "batching.max_batch' must be an integer"),
     ({"max_queue_delay_ms": -1}, "batching.max_queue_delay_ms' must be a number of milliseconds from 0"),
     ({"max_queue_delay_ms": "soon"}, "batching.max_queue_delay_ms' must be a finite number"),
     ({"size": 4}, "'batching' may only hold max_batch and max_queue_delay_ms"),
-    ("yes", "'batching' must be a JSON object"),
+    ("yes", "'batching' must be true, false or {\"max_batch\": N, \"max_queue_delay_ms\": D}"),
+    (4, "'batching' must be true, false or"),
 ])
 def test_manifest_batching_errors_name_the_field(tmp_path: Path, value: object, message: str) -> None:
-    with pytest.raises(ManifestError, match=message.replace("[", "\\[")):
+    with pytest.raises(ManifestError, match=re.escape(message)):
         _parse(tmp_path, batching=value)
 
 
@@ -389,7 +432,9 @@ def test_an_output_without_the_batch_first_turns_batching_off(tmp_path: Path) ->
 
     runner = _runner(_component(tmp_path, "scalar", model=scalar_score))
     assert runner.max_batch == 1
-    assert "output 'score' is [] for a batch of 4, not batch-first" in runner.batching_note
+    assert "output 'score' is [] for a batch of 4 ([] for one image), not batch-first" in runner.batching_note
+    assert "Set \"batching\": false in the manifest: the model then also loads without buffers" in (
+        runner.batching_note)
 
 
 # -- serving --------------------------------------------------------------------------------------
@@ -491,6 +536,22 @@ def test_a_shipped_engine_with_a_smaller_profile_caps_the_batch(tmp_path: Path) 
             backend.unload()
     finally:
         provider.close()
+
+
+def test_the_batch_is_capped_by_the_calls_the_agent_can_hand_a_model_at_once(tmp_path: Path,
+                                                                            short_tmp: Path) -> None:
+    models = tmp_path / "models"
+    _component(models, "wide", {"max_batch": 16, "max_queue_delay_ms": 100})
+    manager = ModelManager([models], OnnxRuntimeProvider(intra_op_threads=1, isolate_loads=False),
+                           max_requests_per_model=12)
+    running = start_agent([models], short_tmp, manager=manager)  # 8 worker threads
+    try:
+        description = running.start_and_wait("wide")
+        assert "Dynamic batching up to 8 images (queue delay 100 ms; the agent hands a model at most 8 calls" in (
+            description.status_message)
+    finally:
+        running.channel.close()
+        running.agent.stop(grace_s=1.0)
 
 
 def test_default_provider_serves_default_batching(models_dir: Path) -> None:
