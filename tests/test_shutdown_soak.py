@@ -5,6 +5,7 @@ from __future__ import annotations
 import os
 import random
 import signal
+import subprocess
 import threading
 import time
 import urllib.request
@@ -64,7 +65,12 @@ def test_sigterm_lets_calls_in_flight_finish_then_exits_zero(tmp_path: Path, sho
         assert len(answers) == 3, "a call in flight was dropped by the shutdown"
         assert all(a.detect_anomaly_result.is_anomalous for a in answers)  # type: ignore[attr-defined]
         channel.close()
-        _, err = process.communicate(timeout=60)
+        try:
+            _, err = process.communicate(timeout=120)
+        except subprocess.TimeoutExpired:
+            process.kill()
+            _, err = process.communicate()
+            raise AssertionError(f"the agent did not exit within 120 s of SIGTERM; its log:\n{err[-4000:]}") from None
     finally:
         if process.poll() is None:
             process.kill()
