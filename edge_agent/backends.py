@@ -29,8 +29,9 @@ class OnnxRuntimeProvider:
 
     kind = "onnxruntime"
 
-    def __init__(self, intra_op_threads: int = 0, *, isolate_loads: bool = True) -> None:
+    def __init__(self, intra_op_threads: int = 0, *, spinning: bool = False, isolate_loads: bool = True) -> None:
         self.intra_op_threads = intra_op_threads
+        self.spinning = spinning  # ONNX Runtime's spin-waiting pool threads (off: see OnnxRuntimeBackend)
         # Load each new model file once in a child process first: a file that crashes ONNX
         # Runtime then fails its model instead of the agent.
         self.isolate_loads = isolate_loads
@@ -41,7 +42,7 @@ class OnnxRuntimeProvider:
 
         return OnnxRuntimeBackend(
             manifest.model_file, label=manifest.component_dir.name, intra_op_threads=self.intra_op_threads,
-            isolate_load=self.isolate_loads,
+            spinning=self.spinning, isolate_load=self.isolate_loads,
         )
 
     def estimate_bytes(self, manifest: Manifest) -> int:
@@ -90,6 +91,7 @@ def select_provider(
     name: str,
     *,
     intra_op_threads: int = 0,
+    ort_spinning: bool = False,
     cache_dir: Path | None = None,
     fake_gpu_memory: int | str | None = None,
     cuda_binding: str = "auto",
@@ -100,6 +102,8 @@ def select_provider(
     Args:
         name: ``auto``, ``tensorrt`` or ``onnxruntime``.
         intra_op_threads: ONNX Runtime's thread count (0: its default).
+        ort_spinning: let ONNX Runtime's pool threads spin-wait between runs (its default; the
+            agent's is off: it costs a core for tens of milliseconds after every inference).
         cache_dir: where TensorRT engines are cached (default ``~/.cache/edge-agent/engines``).
         fake_gpu_memory: run TensorRT on the fake GPU with this much memory (``512MiB``).
         cuda_binding: ``auto``, ``cuda-python`` or ``pycuda``.
@@ -133,12 +137,12 @@ def select_provider(
             if name == "tensorrt":
                 raise
             LOGGER.info("inference backend: onnxruntime (CPU); TensorRT is not usable here: %s", exc)
-            fallback = OnnxRuntimeProvider(intra_op_threads)
+            fallback = OnnxRuntimeProvider(intra_op_threads, spinning=ort_spinning)
             fallback.description = f"ONNX Runtime on the CPU (auto: TensorRT is not usable here: {exc})"
             return fallback
         LOGGER.info("inference backend: tensorrt (%s)", trt_provider.description)
         return trt_provider
-    provider_cpu = OnnxRuntimeProvider(intra_op_threads)
+    provider_cpu = OnnxRuntimeProvider(intra_op_threads, spinning=ort_spinning)
     LOGGER.info("inference backend: %s (CPU)", provider_cpu.kind)
     return provider_cpu
 

@@ -19,6 +19,22 @@ from edge_agent.constants import (
 ENV_PREFIX = "EDGE_AGENT_"
 
 
+_SWITCH_VALUES = {"1": True, "true": True, "yes": True, "on": True, "0": False, "false": False, "no": False,
+                  "off": False}
+
+
+def parse_switch(name: str, value: str) -> bool:
+    """An on/off environment variable.
+
+    Raises:
+        ValueError: naming the variable and the values it takes.
+    """
+    try:
+        return _SWITCH_VALUES[value.strip().lower()]
+    except KeyError:
+        raise ValueError(f"{name}={value!r} is not on or off; use 1/0, true/false, yes/no or on/off") from None
+
+
 def default_data_dir() -> Path:
     """Where the agent keeps generated files when nothing else is said (demo models, caches)."""
     base = os.environ.get("XDG_CACHE_HOME") or os.path.join(os.path.expanduser("~"), ".cache")
@@ -49,6 +65,7 @@ class AgentConfig:
     loader_threads: int = DEFAULT_LOADER_THREADS
     max_requests_per_model: int = DEFAULT_MAX_REQUESTS_PER_MODEL
     intra_op_threads: int = 0
+    ort_spinning: bool = False  # ONNX Runtime's pool threads spin-wait between runs (its own default)
     shutdown_grace_s: float = DEFAULT_SHUTDOWN_GRACE_S
     socket_mode: int = 0o660  # owner and group may connect, nobody else
     socket_group: str | None = None  # group given the socket, so client users in it can connect
@@ -90,6 +107,8 @@ class AgentConfig:
             from edge_agent.engines.tensorrt import parse_bytes
 
             config.memory_headroom_bytes = parse_bytes(value)
+        if (value := get("ort_spinning")) is not None:
+            config.ort_spinning = parse_switch(ENV_PREFIX + "ORT_SPINNING", value)
         if (value := get("socket_group")) is not None:
             config.socket_group = value
         if (value := get("metrics_address")) is not None:

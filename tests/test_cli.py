@@ -239,3 +239,26 @@ def test_onnxruntime_warm_up_at_start_creates_a_session_without_error(caplog: py
     assert not thread.is_alive()
     assert thread.name == "onnxruntime-warm-up"
     assert not [r for r in caplog.records if "warm-up failed" in r.getMessage()], caplog.text
+
+
+@pytest.mark.parametrize(("argv", "environ", "expected"), [
+    ([], {}, False),
+    (["--ort-spinning"], {}, True),
+    ([], {"EDGE_AGENT_ORT_SPINNING": "on"}, True),
+    (["--no-ort-spinning"], {"EDGE_AGENT_ORT_SPINNING": "1"}, False),
+])
+def test_serve_lets_onnxruntime_spin_only_when_flag_or_environment_asks(
+    argv: list[str], environ: dict[str, str], expected: bool
+) -> None:
+    from edge_agent.cli import _provider, build_parser, serve_config
+
+    config = serve_config(build_parser().parse_args(["serve", "--backend", "onnxruntime", *argv]), environ)
+    assert config.ort_spinning is expected
+    assert _provider(config).spinning is expected
+
+
+def test_config_refuses_an_ort_spinning_value_that_is_not_a_switch() -> None:
+    from edge_agent.config import AgentConfig
+
+    with pytest.raises(ValueError, match=r"EDGE_AGENT_ORT_SPINNING='sometimes' is not on or off; use 1/0"):
+        AgentConfig.from_env({"EDGE_AGENT_ORT_SPINNING": "sometimes"})
