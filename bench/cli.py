@@ -29,7 +29,7 @@ from bench.config import ALL_GROUPS, PRESETS, BenchConfig, preset
 from bench.frames import make_frame, parse_size
 from bench.models import ModelSpec, write_conv_component, write_demo_component
 from bench.targets import check
-from bench.timing import Row, measure
+from bench.timing import Row, Stats, measure
 
 BENCH_DIR = Path(__file__).resolve().parent
 DEFAULT_OUTPUT = BENCH_DIR / "results" / "latest.json"
@@ -62,8 +62,10 @@ def build_parser() -> argparse.ArgumentParser:
 
 
 def config_from(args: argparse.Namespace) -> BenchConfig:
-    config = preset(args.preset, models=args.models, frames=args.frames, groups=args.groups, warmup=args.warmup,
-                    clients=args.clients, conv_width=args.conv_width)
+    config = preset(args.preset, models=args.models, groups=args.groups, warmup=args.warmup, clients=args.clients,
+                    conv_width=args.conv_width)
+    if args.frames:
+        config = config.with_frames(tuple(args.frames))
     if args.repeats is not None:
         config = replace(config, repeats_small=args.repeats, repeats_medium=args.repeats,
                          repeats_large=args.repeats)
@@ -130,9 +132,15 @@ class Run:
         config = self.config
         for spec in self.models:
             floor = self.floors[spec.key]
-            stats = measure(floor.run, warmup=config.warmup, repeats=config.floor_repeats)
+            mine, spinning = floor.paired_with_spinning(warmup=config.warmup, repeats=config.floor_repeats)
+            stats = Stats.of(mine)
             rows.append(Row.timed("baseline", "ORT session.run (floor)", stats, model=spec.key, floor="itself",
                                   floor_ms=stats.median * 1e3, note=spec.description))
+            rows.append(Row.timed("baseline", "ORT session.run, ORT's default spin-waiting", Stats.of(spinning),
+                                  model=spec.key, floor="ORT floor", floor_ms=stats.median * 1e3,
+                                  note=f"its threads spin {floor.spin_s * 1e3:.0f} ms after a run (measured); "
+                                       "the agent's stop when a run returns (--ort-spinning: they go on)",
+                                  spin_window_ms=floor.spin_s * 1e3))
         for spec in self.models:
             floor = self.floors[spec.key]
             for name, frame in self.frames.items():
@@ -153,7 +161,8 @@ class Run:
             floor_ms = next((r.median for r in self.rows if r.group == "baseline" and r.model == spec.key
                              and r.frame == "-" and r.median), None)
             sweep, best = ort_sweep(spec.key, floor.component_dir / "model.onnx", floor.spec.name, floor.tensor,
-                                    runs=self.config.ort_runs, floor_ms=floor_ms)  # type: ignore[arg-type]
+                                    runs=self.config.ort_runs, floor_ms=floor_ms,  # type: ignore[arg-type]
+                                    settle_s=floor.settle_s)
             self.best[spec.key] = best
             rows += sweep
         return rows
@@ -182,6 +191,13 @@ class Run:
     def _frames_for_batching(self) -> dict[str, np.ndarray]:
         return {name: self.frames[name] if name in self.frames else make_frame(*parse_size(name))
                 for name in self.config.batching_frames}
+
+    def cpu(self) -> list[Row]:
+        from bench.cpu import cpu_rows
+
+        frames = {n: f for n, f in self.frames.items()
+                  if self.config.cpu_frames is None or n in self.config.cpu_frames}
+        return cpu_rows(self.config, self.models, self.models_dir, frames, self.floors)
 
     def startup(self) -> list[Row]:
         from bench.startup import startup_rows
@@ -234,6 +250,7 @@ def main(argv: Sequence[str] | None = None) -> int:
             run.group("grpc" if "grpc" in config.groups else "concurrency", run.rpc)
         run.group("batching", run.batching)
         run.group("overload", run.overload)
+        run.group("cpu", run.cpu)
         run.group("startup", run.startup)
         run.group("memory", run.memory)
         run.group("candidates", run.candidates)

@@ -4,8 +4,8 @@ from __future__ import annotations
 
 from dataclasses import dataclass, field, replace
 
-ALL_GROUPS = ("baseline", "ort-alone", "pipeline", "grpc", "concurrency", "batching", "overload", "startup", "memory",
-              "candidates")
+ALL_GROUPS = ("baseline", "ort-alone", "pipeline", "grpc", "concurrency", "batching", "overload", "cpu", "startup",
+              "memory", "candidates")
 DEFAULT_FRAMES = ("256x256", "1280x720", "4096x4096")
 DEFAULT_MODELS = ("demo", "conv")
 
@@ -50,7 +50,25 @@ class BenchConfig:
     overload_bound: int = 8
     overload_clients: int = 32
     overload_seconds: float = 6.0
+    # CPU rows: one camera's frame rate, calls per round, rounds (each variant and ORT alone in
+    # turn), and the frames (None: every frame).
+    cpu_fps: float = 20.0
+    cpu_calls: int = 15
+    cpu_rounds: int = 2
+    cpu_frames: tuple[str, ...] | None = ("256x256", "1280x720")
     extra: dict[str, str] = field(default_factory=dict)
+
+    def with_frames(self, frames: tuple[str, ...]) -> BenchConfig:
+        """The same run on ``frames``: each group's own choice of frames keeps those among them,
+        or takes them all when it kept none (asking for a frame never empties a group)."""
+        def keep(chosen: tuple[str, ...] | None) -> tuple[str, ...] | None:
+            if chosen is None:
+                return None
+            kept = tuple(f for f in chosen if f in frames)
+            return kept or None
+
+        return replace(self, frames=frames, concurrency_frames=keep(self.concurrency_frames),
+                       candidate_frames=keep(self.candidate_frames), cpu_frames=keep(self.cpu_frames))
 
     def repeats_for(self, width: int, height: int) -> int:
         return self._by_area(width, height, self.repeats_small, self.repeats_medium, self.repeats_large)
@@ -71,17 +89,17 @@ PRESETS: dict[str, BenchConfig] = {
                          clients=(1, 2), requests_small=2, requests_medium=2, requests_large=1, cold_starts=1,
                          warm_starts=1, memory_runs=1, memory_calls=1, conv_width=0.25, thread_candidate=False,
                          batching_clients=4, batching_requests=2, batching_rounds=1, overload_bound=2,
-                         overload_clients=6, overload_seconds=1.0),
+                         overload_clients=6, overload_seconds=1.0, cpu_calls=3, cpu_rounds=1, cpu_frames=None),
     # About 5 minutes on a 2-core machine.
     "quick": BenchConfig(preset="quick", warmup=1, repeats_small=15, repeats_medium=8, repeats_large=3,
                          row_budget_s=8.0, floor_repeats=20, ort_runs=12, requests_small=5, requests_medium=2,
                          cold_starts=1, warm_starts=2, memory_calls=1, concurrency_frames=("1280x720",),
-                         candidate_frames=("1280x720", "4096x4096")),
+                         candidate_frames=("1280x720", "4096x4096"), cpu_calls=10, cpu_frames=("1280x720",)),
     # 6-15 minutes on a 2-core machine, by its load.
     "full": BenchConfig(preset="full", warmup=3, repeats_small=60, repeats_medium=30, repeats_large=10,
                         row_budget_s=30.0, floor_repeats=60, ort_runs=40, requests_small=20, requests_medium=8,
                         requests_large=2, cold_starts=3, warm_starts=4, memory_runs=2, batching_requests=6,
-                        batching_rounds=5, overload_seconds=15.0),
+                        batching_rounds=5, overload_seconds=15.0, cpu_calls=20, cpu_rounds=3),
 }
 
 

@@ -72,7 +72,8 @@ def with_adjacent_floor(rows: list[Row], floor: ModelFloor, best: Throughput | N
     mean of that and the sweep's figure: on a shared machine, a floor measured minutes away drifts."""
     if best is None:
         return rows
-    again = ort_throughput(floor.component_dir / "model.onnx", floor.spec.name, floor.tensor, best.setting, runs=runs)
+    again = ort_throughput(floor.component_dir / "model.onnx", floor.spec.name, floor.tensor, best.setting, runs=runs,
+                           settle_s=floor.settle_s)
     per_second = (best.per_second + again.per_second) / 2
     for row in rows:
         if row.throughput is None:

@@ -31,7 +31,7 @@ class OnnxRuntimeProvider:
 
     def __init__(self, intra_op_threads: int = 0, *, spinning: bool = False, isolate_loads: bool = True) -> None:
         self.intra_op_threads = intra_op_threads
-        self.spinning = spinning  # ONNX Runtime's spin-waiting pool threads (off: see OnnxRuntimeBackend)
+        self.spinning = spinning  # ORT's threads keep spin-waiting after each run (see OnnxRuntimeBackend)
         # Load each new model file once in a child process first: a file that crashes ONNX
         # Runtime then fails its model instead of the agent.
         self.isolate_loads = isolate_loads
@@ -102,8 +102,8 @@ def select_provider(
     Args:
         name: ``auto``, ``tensorrt`` or ``onnxruntime``.
         intra_op_threads: ONNX Runtime's thread count (0: its default).
-        ort_spinning: let ONNX Runtime's pool threads spin-wait between runs (its default; the
-            agent's is off: it costs a core for tens of milliseconds after every inference).
+        ort_spinning: keep ONNX Runtime's threads spin-waiting after each run (its default; the
+            agent stops them when a run returns: the spin costs a core for tens of milliseconds).
         cache_dir: where TensorRT engines are cached (default ``~/.cache/edge-agent/engines``).
         fake_gpu_memory: run TensorRT on the fake GPU with this much memory (``512MiB``).
         cuda_binding: ``auto``, ``cuda-python`` or ``pycuda``.

@@ -400,8 +400,9 @@ def build_parser() -> argparse.ArgumentParser:
     serve.add_argument("--max-requests-per-model", type=int,
                        help="DetectAnomalies calls in flight per model; more get RESOURCE_EXHAUSTED (default 32)")
     serve.add_argument("--ort-spinning", action=argparse.BooleanOptionalAction, default=None,
-                       help="let ONNX Runtime's threads spin-wait between inferences: a little lower latency for "
-                            "one model on a dedicated machine, for a core kept busy after every call (default off)")
+                       help="keep ONNX Runtime's threads spin-waiting after each inference, as it does by "
+                            "default: a little lower latency on a dedicated machine, for a core kept busy between "
+                            "frames (default: off, they stop when an inference returns)")
     serve.add_argument("--metrics-port", type=int, default=None,
                        help="Prometheus metrics port (default 9464; 0 turns metrics off)")
     serve.add_argument("--metrics-address", default=None, help="address the metrics endpoint binds (default 0.0.0.0)")

@@ -65,7 +65,7 @@ class AgentConfig:
     loader_threads: int = DEFAULT_LOADER_THREADS
     max_requests_per_model: int = DEFAULT_MAX_REQUESTS_PER_MODEL
     intra_op_threads: int = 0
-    ort_spinning: bool = False  # ONNX Runtime's pool threads spin-wait between runs (its own default)
+    ort_spinning: bool = False  # ONNX Runtime's threads keep spin-waiting after each run (its own default)
     shutdown_grace_s: float = DEFAULT_SHUTDOWN_GRACE_S
     socket_mode: int = 0o660  # owner and group may connect, nobody else
     socket_group: str | None = None  # group given the socket, so client users in it can connect

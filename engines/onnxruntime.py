@@ -82,7 +82,7 @@ def probe_in_child(path: Path, *, code: str = PROBE_CODE, timeout_s: float = PRO
     # A plain failure (an exception in the child) is reported by the in-process load itself.
 
 
-SPINNING_CONFIG_KEY = "session.intra_op.allow_spinning"
+SPIN_STOP_CONFIG_KEY = "session.force_spinning_stop"
 
 
 class OnnxRuntimeBackend(Backend):
@@ -92,6 +92,8 @@ class OnnxRuntimeBackend(Backend):
 
     def __init__(self, model_path: Path, *, label: str | None = None, intra_op_threads: int = 0,
                  spinning: bool = False, isolate_load: bool = False) -> None:
+        """``spinning``: keep ONNX Runtime's threads spin-waiting after each run, as ORT does by
+        default (the agent stops them when a run returns)."""
         super().__init__(model_path, label=label)
         self._isolate_load = isolate_load
         self._intra_op_threads = intra_op_threads
@@ -108,10 +110,10 @@ class OnnxRuntimeBackend(Backend):
         options = ort.SessionOptions()
         options.graph_optimization_level = ort.GraphOptimizationLevel.ORT_ENABLE_ALL
         options.intra_op_num_threads = self._intra_op_threads
-        # ONNX Runtime's default keeps its pool threads spin-waiting after every run (about 40 ms
-        # of a core on the benchmark machine): on a device shared with camera capture and other
-        # models that is CPU taken from them for a 2-5% shorter inference. Off unless asked for.
-        options.add_session_config_entry(SPINNING_CONFIG_KEY, "1" if self._spinning else "0")
+        # ONNX Runtime's threads spin-wait between the operators of a run (that keeps a run fast)
+        # and, by default, for tens of milliseconds after it too: a core taken from camera capture
+        # and from other models on the device. Stop at the end of each run unless asked not to.
+        options.add_session_config_entry(SPIN_STOP_CONFIG_KEY, "0" if self._spinning else "1")
         options.log_severity_level = 3  # errors only: the agent reports load problems itself
         try:
             self._session = ort.InferenceSession(

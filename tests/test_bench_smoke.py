@@ -44,7 +44,10 @@ def test_smoke_run_measures_every_group_when_run_with_the_smoke_preset(smoke_run
     rows = document["rows"]
     assert {row["group"] for row in rows} == set(ALL_GROUPS)
     assert not document["failures"]
-    assert {"ORT session.run (floor)", "naive pre-process (Pillow+numpy)"} <= _names(rows, "baseline")
+    assert {"ORT session.run (floor)", "ORT session.run, ORT's default spin-waiting",
+            "naive pre-process (Pillow+numpy)"} <= _names(rows, "baseline")
+    assert {f"1 camera at {PRESETS['smoke'].cpu_fps:g} fps: agent CPU per call, {variant}"
+            for variant in ("as shipped", "--ort-spinning")} <= _names(rows, "cpu")
     assert {"pre-process (agent)", "in-process pipeline"} <= _names(rows, "pipeline")
     assert {"DetectAnomalies inline", "DetectAnomalies shm"} <= _names(rows, "grpc")
     clients = {row["extra"]["clients"] for row in rows if row["group"] == "concurrency"}
@@ -137,3 +140,12 @@ def test_profile_summary_charges_samples_to_the_deepest_agent_frame_when_stacks_
     assert summary.self_top[0] == ("ImagingResample (PIL/_imaging.so)", 75.0)
     assert summary.agent_top[0] == ("upscale_map (edge_agent/imaging.py)", 75.0)
     assert summary.agent_top[1] == ("detect (edge_agent/inference.py)", 25.0)
+
+
+def test_frames_asked_for_keep_each_groups_own_choice_among_them_and_never_empty_a_group() -> None:
+    quick = PRESETS["quick"]
+    assert quick.concurrency_frames == ("1280x720",)
+    both = quick.with_frames(("256x256", "1280x720"))
+    assert both.frames == ("256x256", "1280x720") and both.concurrency_frames == ("1280x720",)
+    small = quick.with_frames(("256x256",))
+    assert small.concurrency_frames is None and small.candidate_frames is None and small.cpu_frames is None

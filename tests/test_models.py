@@ -273,15 +273,16 @@ def test_start_returns_resource_exhausted_when_concurrent_loads_reserve_the_memo
         mgr.close()
 
 
-@pytest.mark.parametrize(("spinning", "entry"), [(False, "0"), (True, "1")])
-def test_onnxruntime_session_spin_waits_only_when_asked(models_dir: Path, spinning: bool, entry: str) -> None:
-    from edge_agent.engines.onnxruntime import SPINNING_CONFIG_KEY
+@pytest.mark.parametrize(("spinning", "entry"), [(False, "1"), (True, "0")])
+def test_onnxruntime_threads_stop_spinning_after_each_run_unless_asked(models_dir: Path, spinning: bool,
+                                                                       entry: str) -> None:
+    from edge_agent.engines.onnxruntime import SPIN_STOP_CONFIG_KEY
 
     manifest = load_manifest(models_dir / "redness-seg")
     backend = OnnxRuntimeProvider(spinning=spinning, isolate_loads=False).create(manifest)
     with backend:
         session = backend._session  # the session ONNX Runtime made, with the options it really uses
         assert session is not None
-        assert session.get_session_options().get_session_config_entry(SPINNING_CONFIG_KEY) == entry
+        assert session.get_session_options().get_session_config_entry(SPIN_STOP_CONFIG_KEY) == entry
         outputs = backend.infer({backend.inputs[0].name: np.zeros((1, 3, 64, 64), np.float32)})
         assert set(outputs) == {t.name for t in backend.outputs}
