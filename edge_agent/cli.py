@@ -49,6 +49,10 @@ def serve_config(args: argparse.Namespace, environ: dict[str, str] | None = None
         config.max_requests_per_model = args.max_requests_per_model
     if args.ort_spinning is not None:
         config.ort_spinning = args.ort_spinning
+    if args.image_threads is not None:
+        config.image_threads = args.image_threads
+    if config.image_threads < 0:
+        raise ValueError(f"--image-threads is {config.image_threads}; use 0 (automatic), 1 (off) or a thread count")
     if args.metrics_port is not None:
         config.metrics_port = args.metrics_port
     if args.metrics_address:
@@ -70,11 +74,13 @@ def _cmd_serve(args: argparse.Namespace) -> int:
     from prometheus_client import CollectorRegistry
 
     from edge_agent.backends import Prebuilder
+    from edge_agent.bands import BANDS
     from edge_agent.metrics import AgentMetrics
     from edge_agent.models import ModelManager
     from edge_agent.server import run
 
     config = serve_config(args)
+    BANDS.configure(config.image_threads)
     if bool(config.tls_cert) != bool(config.tls_key):
         LOGGER.error("--tls-cert and --tls-key go together")
         return 2
@@ -403,6 +409,10 @@ def build_parser() -> argparse.ArgumentParser:
                        help="keep ONNX Runtime's threads spin-waiting after each inference, as it does by "
                             "default: a little lower latency on a dedicated machine, for a core kept busy between "
                             "frames (default: off, they stop when an inference returns)")
+    serve.add_argument("--image-threads", type=int, default=None, metavar="N",
+                       help="threads one call's resize and mask are split across, its own included: shorter "
+                            "calls on large frames while cores are idle (default 0: min(4, usable cores); 1 "
+                            "turns the split off)")
     serve.add_argument("--metrics-port", type=int, default=None,
                        help="Prometheus metrics port (default 9464; 0 turns metrics off)")
     serve.add_argument("--metrics-address", default=None, help="address the metrics endpoint binds (default 0.0.0.0)")

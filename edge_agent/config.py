@@ -66,6 +66,7 @@ class AgentConfig:
     max_requests_per_model: int = DEFAULT_MAX_REQUESTS_PER_MODEL
     intra_op_threads: int = 0
     ort_spinning: bool = False  # ONNX Runtime's threads keep spin-waiting after each run (its own default)
+    image_threads: int = 0  # threads one call's resize and mask use, its own included; 0: min(4, cores)
     shutdown_grace_s: float = DEFAULT_SHUTDOWN_GRACE_S
     socket_mode: int = 0o660  # owner and group may connect, nobody else
     socket_group: str | None = None  # group given the socket, so client users in it can connect
@@ -116,7 +117,7 @@ class AgentConfig:
         if (value := get("log_format")) is not None:
             config.log_format = value
         for name in ("worker_threads", "max_concurrent_rpcs", "loader_threads", "intra_op_threads", "metrics_port",
-                     "max_requests_per_model"):
+                     "max_requests_per_model", "image_threads"):
             if (value := get(name)) is not None:
                 try:
                     setattr(config, name, int(value))

@@ -15,6 +15,7 @@ from dataclasses import dataclass
 import numpy as np
 from PIL import Image
 
+from edge_agent.bands import BANDS
 from edge_agent.constants import MAX_IMAGE_SIDE_PX, MIN_IMAGE_SIDE_PX, RGB_BYTES_PER_PIXEL
 from edge_agent.errors import InvalidArgumentError
 from edge_agent.manifest import InputSpec
@@ -100,23 +101,32 @@ class Frame:
             "RGB", (self.width, self.height), self.loaded, "raw", "RGB", self.stride, 1
         )
 
-    def row_means(self, fy: int) -> np.ndarray:
-        """``vertical_means(self.array(), fy)``, read a block of rows at a time when not in memory."""
-        if self.data is not None or self.read is None:
-            return vertical_means(self.array(), fy)
+    def row_means(self, fy: int, first: int = 0, stop: int | None = None) -> np.ndarray:
+        """``vertical_means(self.array(), fy)[first:stop]``: rows of means (groups of fy frame rows),
+        read a block of rows at a time when not in memory."""
         width, height, stride = self.width, self.height, self.stride
-        out = np.empty((-(-height // fy), width, RGB_BYTES_PER_PIXEL), np.uint8)
+        groups = -(-height // fy)
+        stop = groups if stop is None else min(stop, groups)
+        top, bottom = first * fy, min(height, stop * fy)  # the frame rows those groups average
+        if self.data is not None or self.read is None:
+            return vertical_means(self.array()[top:bottom], fy)
+        out = np.empty((stop - first, width, RGB_BYTES_PER_PIXEL), np.uint8)
         rows_per_block = max(fy, STREAM_BLOCK_BYTES // stride // fy * fy)  # whole groups of fy rows
         buffer = _block_buffer(rows_per_block * stride)
-        for first in range(0, height, rows_per_block):
-            count = min(rows_per_block, height - first)
+        for start in range(top, bottom, rows_per_block):
+            count = min(rows_per_block, bottom - start)
             block = buffer[: count * stride]
-            self.read(first * stride, block)
+            self.read(start * stride, block)
             pixels = block.reshape(count, stride)[:, : width * RGB_BYTES_PER_PIXEL]
-            group = first // fy
+            group = (start - top) // fy
             vertical_means(pixels.reshape(count, width, RGB_BYTES_PER_PIXEL), fy,
                            out=out[group: group - (-count // fy)])
         return out
+
+    def rows_image(self, first: int, stop: int) -> Image.Image:
+        """Rows ``first:stop`` as a Pillow RGB image (Pillow unpacks them straight from the bytes)."""
+        data = self.loaded[first * self.stride: stop * self.stride]
+        return Image.frombuffer("RGB", (self.width, stop - first), data, "raw", "RGB", self.stride, 1)
 
 
 def _block_buffer(size: int) -> np.ndarray:
@@ -199,23 +209,55 @@ class Preprocessor:
         self._identity = bool(np.all(self._gain == 1.0) and np.all(self._bias == 0.0))
 
     def resized(self, frame: Frame) -> np.ndarray:
-        """The frame resized to the model's input, (H, W, 3) uint8 RGB."""
+        """The frame resized to the model's input, (H, W, 3) uint8 RGB.
+
+        The same pixels as Pillow's ``resize(size, filter, reducing_gap=2.0)`` on the whole frame
+        (exactly so for frames fewer than 2x the input's height, within one grey level above),
+        computed in its separable passes: rows of the frame are first reduced vertically by an
+        integer factor in numpy when the frame is at least 4x the input's height (averaging
+        straight from the frame's buffer or shared memory, a block of rows at a time: profiles
+        showed Pillow copying the whole frame into its 4-byte layout first), then reduced by an
+        integer factor and resampled horizontally by Pillow, in row bands on several threads
+        (``bands.BANDS``): every row is independent in these steps. The vertical resampling then
+        runs on the narrow result in column bands. Pillow up to 12 always ran its passes in this
+        order; Pillow 13 runs the vertical one first for some shapes, which moves a few pixels by
+        one grey level when both sides shrink (more when one side grows and the filter overshoots,
+        bicubic's): the agent's answer does not depend on the Pillow release.
+        """
         size = (self.spec.width, self.spec.height)
         if (frame.width, frame.height) == size:
             return frame.array()
+        if self._resample == Image.Resampling.NEAREST:
+            return np.asarray(frame.to_pil().resize(size, self._resample))
         fx, fy = reduce_factors(frame.width, frame.height, size)
-        if fy == 1 or self._resample == Image.Resampling.NEAREST:
-            image = frame.to_pil().resize(size, self._resample, reducing_gap=_REDUCING_GAP)
-            return np.asarray(image)
-        # Large frames: average rows in numpy straight from the frame's buffer (or from shared
-        # memory, a block of rows at a time), so Pillow only ever holds an image fy times smaller
-        # (profiles showed Pillow copying the whole frame into its 4-byte layout first). Within one
-        # grey level of Pillow's own reducing-gap resize.
-        image = Image.fromarray(frame.row_means(fy))
-        if fx > 1:
-            image = image.reduce((fx, 1))
-        box = (0.0, 0.0, frame.width / fx, frame.height / fy)
-        return np.asarray(image.resize(size, self._resample, box=box))
+        rows = -(-frame.height // fy)
+        across = np.empty((rows, size[0], RGB_BYTES_PER_PIXEL), np.uint8)
+        if frame.data is None and fy == 1:
+            frame.loaded  # noqa: B018 - one read of a shared-memory frame, before the bands share it
+
+        def band(first: int, stop: int) -> None:
+            image = frame.rows_image(first, stop) if fy == 1 else Image.fromarray(frame.row_means(fy, first, stop))
+            if fx > 1:
+                image = image.reduce((fx, 1))
+            if image.width != size[0] or fx > 1:
+                box = (0.0, 0.0, frame.width / fx, float(stop - first))
+                image = image.resize((size[0], stop - first), self._resample, box=box)
+            across[first:stop] = np.asarray(image)
+
+        pixels = frame.width * frame.height
+        BANDS.run(band, BANDS.spans(rows, pixels))
+        if rows == size[1] and frame.height % fy == 0:
+            return across
+        out = np.empty((size[1], size[0], RGB_BYTES_PER_PIXEL), np.uint8)
+        box_height = frame.height / fy
+
+        def columns(first: int, stop: int) -> None:  # the vertical pass: every column is independent
+            strip = Image.fromarray(np.ascontiguousarray(across[:, first:stop]))
+            box = (0.0, 0.0, float(stop - first), box_height)
+            out[:, first:stop] = np.asarray(strip.resize((stop - first, size[1]), self._resample, box=box))
+
+        BANDS.run(columns, BANDS.spans(size[0], pixels))
+        return out
 
     def __call__(self, frame: Frame) -> np.ndarray:
         """Returns a batch of one: (1, 3, H, W) or (1, H, W, 3)."""
@@ -316,37 +358,54 @@ def threshold_mask(amap: np.ndarray, width: int, height: int, threshold: float, 
     Pillow resamples horizontally then vertically; the horizontal pass is Pillow's own (to the
     frame's width, on the map's rows only), and the vertical one is computed only for columns
     whose two source rows straddle the threshold (elsewhere every interpolated value lies on the
-    same side). The map must not be larger than the frame in either direction.
+    same side). The map must not be larger than the frame in either direction. The work is cut
+    into bands of source rows (each with the output rows that start on them) run side by side
+    (``bands.BANDS``); every output row depends on its two source rows only.
     """
     source = np.ascontiguousarray(amap, dtype=np.float32)
     rows_in = source.shape[0]
-    if source.shape[1] != width:
-        across = np.asarray(Image.fromarray(source).resize((width, rows_in), Image.Resampling.BILINEAR))
-    else:
-        across = source
     y0, y1, wy0, wy1 = bilinear_taps(rows_in, height)
     exceeds = np.greater if strict else np.greater_equal
-    above = exceeds(across, threshold)
-    following = np.concatenate([above[1:], above[-1:]])
-    both = above & following  # rows j and j+1 both above: so is every row interpolated between them
-    straddle = above ^ following
-    colors = np.take(palette, both.view(np.uint8), axis=0)  # paint the source rows, then copy rows out
-    mask = np.take(colors, y0, axis=0)
-    rows_per_source = np.bincount(y0, minlength=rows_in)
-    anomalous = int(np.count_nonzero(both, axis=1) @ rows_per_source)
-    src_rows, cols = np.nonzero(straddle)
-    repeats = rows_per_source[src_rows]
-    if repeats.sum():
-        first_row = np.searchsorted(y0, src_rows, side="left")
-        cell = np.repeat(np.arange(src_rows.size), repeats)
-        offsets = np.arange(cell.size) - np.repeat(np.cumsum(repeats) - repeats, repeats)
-        ys = first_row[cell] + offsets
-        xs = cols[cell]
-        a = across[y0[ys], xs].astype(np.float64)
-        b = across[y1[ys], xs].astype(np.float64)
-        hits = exceeds((a * wy0[ys] + b * wy1[ys]).astype(np.float32), threshold)
-        anomalous += int(np.count_nonzero(hits))
-        mask[ys, xs] = np.take(palette, hits.view(np.uint8), axis=0)
+    # Output rows starts[j]:starts[j + 1] are interpolated from source rows j and y1 (j + 1).
+    starts = np.searchsorted(y0, np.arange(rows_in + 1), side="left")
+    mask = np.empty((height, width, RGB_BYTES_PER_PIXEL), np.uint8)
+
+    def band(first: int, stop: int) -> int:
+        """Paints the output rows of source rows first:stop; returns how many pixels are anomalous."""
+        last = min(rows_in, stop + 1)  # and the next source row, which the last rows lean towards
+        part = source[first:last]
+        if part.shape[1] != width:
+            across = np.asarray(Image.fromarray(part).resize((width, last - first), Image.Resampling.BILINEAR))
+        else:
+            across = part
+        above = exceeds(across, threshold)
+        count = stop - first
+        following = above[1:] if last > stop else np.concatenate([above[1:], above[-1:]])
+        above = above[:count]
+        both = above & following  # rows j and j+1 both above: so is every row interpolated between them
+        straddle = above ^ following
+        top, bottom = int(starts[first]), int(starts[stop])
+        colors = np.take(palette, both.view(np.uint8), axis=0)  # paint the source rows, then copy rows out
+        # mode="clip": the indices are in range; the default ("raise") writes to a temporary copy first.
+        np.take(colors, y0[top:bottom] - first, axis=0, out=mask[top:bottom], mode="clip")
+        rows_per_source = np.diff(starts[first: stop + 1])
+        anomalous = int(np.count_nonzero(both, axis=1) @ rows_per_source)
+        src_rows, cols = np.nonzero(straddle)
+        repeats = rows_per_source[src_rows]
+        if repeats.sum():
+            first_row = starts[first + src_rows]
+            cell = np.repeat(np.arange(src_rows.size), repeats)
+            offsets = np.arange(cell.size) - np.repeat(np.cumsum(repeats) - repeats, repeats)
+            ys = first_row[cell] + offsets
+            xs = cols[cell]
+            a = across[y0[ys] - first, xs].astype(np.float64)
+            b = across[y1[ys] - first, xs].astype(np.float64)
+            hits = exceeds((a * wy0[ys] + b * wy1[ys]).astype(np.float32), threshold)
+            anomalous += int(np.count_nonzero(hits))
+            mask[ys, xs] = np.take(palette, hits.view(np.uint8), axis=0)
+        return anomalous
+
+    anomalous = sum(BANDS.run(band, BANDS.spans(rows_in, width * height)))
     return mask, [width * height - anomalous, anomalous]
 
 

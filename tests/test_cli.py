@@ -257,6 +257,30 @@ def test_serve_lets_onnxruntime_spin_only_when_flag_or_environment_asks(
     assert _provider(config).spinning is expected
 
 
+@pytest.mark.parametrize(("argv", "environ", "expected"), [
+    ([], {}, 0),
+    (["--image-threads", "1"], {}, 1),
+    ([], {"EDGE_AGENT_IMAGE_THREADS": "3"}, 3),
+    (["--image-threads", "2"], {"EDGE_AGENT_IMAGE_THREADS": "3"}, 2),
+])
+def test_serve_takes_image_threads_from_flag_over_environment(argv: list[str], environ: dict[str, str],
+                                                              expected: int) -> None:
+    from edge_agent.bands import RowBands
+    from edge_agent.cli import build_parser, serve_config
+
+    config = serve_config(build_parser().parse_args(["serve", *argv]), environ)
+    assert config.image_threads == expected
+    assert RowBands(config.image_threads).threads >= 1
+
+
+def test_serve_refuses_a_negative_image_thread_count(tmp_path: Path) -> None:
+    from edge_agent.cli import build_parser, main, serve_config
+
+    with pytest.raises(ValueError, match=r"--image-threads is -2; use 0 \(automatic\), 1 \(off\)"):
+        serve_config(build_parser().parse_args(["serve", "--image-threads", "-2"]), {})
+    assert main(["serve", "--image-threads", "-2", "--socket", str(tmp_path / "s.sock")]) == 1
+
+
 def test_config_refuses_an_ort_spinning_value_that_is_not_a_switch() -> None:
     from edge_agent.config import AgentConfig
 

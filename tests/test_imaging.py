@@ -424,11 +424,11 @@ def test_a_frame_read_in_blocks_resizes_exactly_as_the_same_frame_in_memory(
     preprocess = Preprocessor(spec, np.dtype(np.float32))
     np.testing.assert_array_equal(preprocess(lazy), preprocess(in_memory))
     fy = imaging.reduce_factors(width, height, (256, 256))[1]
-    if fy > 1:  # read once, in whole rows, each block a whole number of fy-row groups but the last
+    if fy > 1:  # read once, in whole rows, blocks starting on fy-row groups (row bands read side by side)
         assert lazy.data is None
-        assert sum(size for _, size in reads) == height * stride
         assert all(start % (stride * fy) == 0 and size % stride == 0 for start, size in reads)
-        assert [start for start, _ in reads] == sorted({start for start, _ in reads})
+        ends = [0] + [start + size for start, size in sorted(reads)]
+        assert [start for start, _ in sorted(reads)] == ends[:-1] and ends[-1] == height * stride
     else:  # small reductions read the frame whole, once, and keep it
         assert reads == [(0, height * stride)] and lazy.data is not None
         np.testing.assert_array_equal(lazy.array(), in_memory.array())
@@ -469,3 +469,56 @@ def test_the_tensor_is_pixel_times_scale_minus_mean_over_std_in_every_layout(lay
     want = want.transpose(2, 0, 1)[np.newaxis] if layout == "NCHW" else want[np.newaxis]
     assert got.dtype == np.dtype(dtype) and got.flags.c_contiguous
     np.testing.assert_array_equal(got, want)
+
+
+@pytest.mark.parametrize("threads", [2, 3, 5])
+@pytest.mark.parametrize(("width", "height", "stride_pad", "resize", "lazy"), [
+    (1280, 720, 0, "bilinear", False), (1280, 720, 0, "bilinear", True), (4096, 4096, 0, "bilinear", True),
+    (1000, 777, 24, "bicubic", False), (2000, 1500, 0, "area", True), (333, 200, 3, "bilinear", False),
+    (120, 700, 0, "bicubic", False), (200, 150, 0, "bilinear", False),
+])
+def test_row_bands_change_no_pixel_of_the_resized_frame(threads: int, width: int, height: int, stride_pad: int,
+                                                        resize: str, lazy: bool,
+                                                        monkeypatch: pytest.MonkeyPatch) -> None:
+    import edge_agent.bands as bands
+    import edge_agent.imaging as imaging
+
+    monkeypatch.setattr(bands, "MIN_PIXELS_PER_BAND", 1)
+    rng = np.random.default_rng(width * 7 + height)
+    stride = width * 3 + stride_pad
+    data = rng.integers(0, 256, size=height * stride, dtype=np.uint8)
+
+    def frame() -> Frame:
+        if not lazy:
+            return Frame(width, height, stride, data)
+        return Frame(width, height, stride, None, read=lambda start, out: np.copyto(out, data[start:start + out.size]))
+
+    spec = InputSpec(name=None, width=256, height=224, resize=resize)
+    preprocess = Preprocessor(spec, np.dtype(np.float32))
+    monkeypatch.setattr(imaging, "BANDS", bands.RowBands(1))
+    alone = preprocess.resized(frame())
+    monkeypatch.setattr(imaging, "BANDS", bands.RowBands(threads))
+    assert len(imaging.BANDS.spans(height, width * height)) > 1
+    np.testing.assert_array_equal(preprocess.resized(frame()), alone)
+
+
+@pytest.mark.parametrize("threads", [2, 3, 7])
+@pytest.mark.parametrize("seed", range(6))
+def test_row_bands_change_no_pixel_of_the_threshold_mask(threads: int, seed: int,
+                                                         monkeypatch: pytest.MonkeyPatch) -> None:
+    import edge_agent.bands as bands
+    import edge_agent.imaging as imaging
+
+    monkeypatch.setattr(bands, "MIN_PIXELS_PER_BAND", 1)
+    rng = np.random.default_rng(seed)
+    rows, cols = int(rng.integers(2, 70)), int(rng.integers(2, 70))
+    height, width = int(rng.integers(rows, 900)), int(rng.integers(cols, 900))
+    amap = rng.normal(size=(rows, cols)).astype(np.float32)
+    threshold = float(np.quantile(amap, rng.uniform(0.5, 0.99)))
+    palette = np.array([[255, 255, 255], [255, 0, 0]], dtype=np.uint8)
+    monkeypatch.setattr(imaging, "BANDS", bands.RowBands(1))
+    want_mask, want_counts = imaging.threshold_mask(amap, width, height, threshold, palette)
+    monkeypatch.setattr(imaging, "BANDS", bands.RowBands(threads))
+    mask, counts = imaging.threshold_mask(amap, width, height, threshold, palette)
+    np.testing.assert_array_equal(mask, want_mask)
+    assert counts == want_counts
