@@ -476,6 +476,9 @@ def secure_socket(path: str, mode: int, group: str | None) -> None:
     os.chmod(path, mode)
 
 
+SIGNAL_POLL_S = 0.2  # how often the main thread wakes to run pending signal handlers
+
+
 def run(config: AgentConfig, manager: ModelManager, *, metrics: AgentMetrics | None = None,
         ready: threading.Event | None = None) -> int:
     """Serves until SIGTERM/SIGINT; returns the process exit code.
@@ -542,7 +545,10 @@ def run(config: AgentConfig, manager: ModelManager, *, metrics: AgentMetrics | N
     if ready is not None:
         ready.set()
     try:
-        stop_requested.wait()
+        # Python runs a signal's handler in the main thread, once that thread wakes: the kernel may hand
+        # SIGTERM to another thread (gRPC's, ONNX Runtime's), and an untimed wait would then never wake.
+        while not stop_requested.wait(SIGNAL_POLL_S):
+            pass
     finally:
         # Our handler stays in place while draining, so a second signal exits at once.
         agent.stop(config.shutdown_grace_s)

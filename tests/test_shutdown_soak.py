@@ -2,7 +2,9 @@
 
 from __future__ import annotations
 
+import ctypes
 import os
+import platform
 import random
 import signal
 import subprocess
@@ -77,6 +79,38 @@ def test_sigterm_lets_calls_in_flight_finish_then_exits_zero(tmp_path: Path, sho
     assert process.returncode == 0, err
     assert not socket_path.exists()
     assert "model slow: stopped" in err
+
+
+_TGKILL = {"x86_64": 234, "aarch64": 131}.get(platform.machine())
+
+
+@pytest.mark.skipif(_TGKILL is None or not Path("/proc/self/task").is_dir(), reason="needs Linux tgkill")
+def test_sigterm_handed_to_another_thread_still_stops_the_agent(tmp_path: Path, short_tmp: Path) -> None:
+    # The kernel may deliver a process's SIGTERM to any thread that does not block it (gRPC's, ONNX
+    # Runtime's); Python runs the handler only when the main thread wakes. Aim it at another thread.
+    models_dir = tmp_path / "models"
+    model_factory.write_component(models_dir, "m", "segmentation")
+    socket_path = short_tmp / "agent.sock"
+    process = spawn_serve(socket_path, models_dir)
+    try:
+        wait_ready(socket_path).close()
+        others = [int(t) for t in os.listdir(f"/proc/{process.pid}/task") if int(t) != process.pid]
+        assert others, "the agent runs no thread besides its main one"
+        libc = ctypes.CDLL(None, use_errno=True)
+        assert libc.syscall(_TGKILL, process.pid, others[-1], signal.SIGTERM) == 0, os.strerror(ctypes.get_errno())
+        try:
+            _, err = process.communicate(timeout=60)
+        except subprocess.TimeoutExpired:
+            process.kill()
+            _, err = process.communicate()
+            raise AssertionError(f"SIGTERM to thread {others[-1]} did not stop the agent; its log:\n{err[-3000:]}") \
+                from None
+    finally:
+        if process.poll() is None:
+            process.kill()
+    assert process.returncode == 0, err
+    assert "received SIGTERM" in err
+    assert not socket_path.exists()
 
 
 def test_second_signal_exits_at_once(tmp_path: Path, short_tmp: Path) -> None:
