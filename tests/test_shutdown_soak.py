@@ -41,7 +41,11 @@ def _in_flight(port: int, model: str) -> float:
     return 0.0
 
 
-def test_sigterm_lets_calls_in_flight_finish_then_exits_zero(tmp_path: Path, short_tmp: Path) -> None:
+def test_sigterm_lets_calls_in_flight_finish_then_exits_zero(tmp_path: Path, short_tmp: Path,
+                                                             monkeypatch: pytest.MonkeyPatch) -> None:
+    # Three calls of about a second each, one after another: on a loaded machine they can outlast the
+    # default 10 s grace, after which the agent rightly cancels them. The grace is not what is tested.
+    monkeypatch.setenv("EDGE_AGENT_SHUTDOWN_GRACE_S", "90")
     models_dir = tmp_path / "models"
     model_factory.write_component(models_dir, "slow", "segmentation")
     model_factory.slow_model(models_dir / "slow" / "model.onnx")
