@@ -21,6 +21,7 @@ from typing import TypeVar
 
 T = TypeVar("T")
 
+MAX_THREADS = 64  # a sanity bound: more bands than this never pay off
 MAX_AUTO_THREADS = 4  # beyond this the bands of a 1280x720 frame are too small to pay for the hand-off
 # A band smaller than this many input pixels costs more to hand over than it saves.
 MIN_PIXELS_PER_BAND = 300_000
@@ -48,8 +49,8 @@ class RowBands:
 
     def configure(self, threads: int) -> None:
         """``threads`` per call, the caller's included: 0 picks min(4, usable cores), 1 turns bands off."""
-        if threads < 0:
-            raise ValueError(f"image threads must be 0 (automatic) or a positive count, not {threads}")
+        if not 0 <= threads <= MAX_THREADS:
+            raise ValueError(f"image threads must be 0 (automatic) or a count from 1 to {MAX_THREADS}, not {threads}")
         count = min(MAX_AUTO_THREADS, usable_cores()) if threads == 0 else threads
         with self._lock:
             old, self._pool, self._threads = self._pool, None, count

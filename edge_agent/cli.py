@@ -13,7 +13,7 @@ from pathlib import Path
 import grpc
 
 from edge_agent._version import __version__
-from edge_agent.config import AgentConfig, default_demo_models_dir
+from edge_agent.config import IMAGE_THREADS_HINT, MAX_IMAGE_THREADS, AgentConfig, default_demo_models_dir
 from edge_agent.constants import DEFAULT_SOCKET_PATH
 from edge_agent.errors import EdgeAgentError
 
@@ -50,9 +50,9 @@ def serve_config(args: argparse.Namespace, environ: dict[str, str] | None = None
     if args.ort_spinning is not None:
         config.ort_spinning = args.ort_spinning
     if args.image_threads is not None:
+        if not 0 <= args.image_threads <= MAX_IMAGE_THREADS:
+            raise ValueError(f"--image-threads is {args.image_threads}; {IMAGE_THREADS_HINT}")
         config.image_threads = args.image_threads
-    if config.image_threads < 0:
-        raise ValueError(f"--image-threads is {config.image_threads}; use 0 (automatic), 1 (off) or a thread count")
     if args.metrics_port is not None:
         config.metrics_port = args.metrics_port
     if args.metrics_address:

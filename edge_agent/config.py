@@ -6,6 +6,8 @@ import os
 from dataclasses import dataclass, field
 from pathlib import Path
 
+from edge_agent.bands import MAX_AUTO_THREADS
+from edge_agent.bands import MAX_THREADS as MAX_IMAGE_THREADS
 from edge_agent.constants import (
     DEFAULT_LOADER_THREADS,
     DEFAULT_MAX_CONCURRENT_RPCS,
@@ -17,6 +19,9 @@ from edge_agent.constants import (
 )
 
 ENV_PREFIX = "EDGE_AGENT_"
+IMAGE_THREADS_HINT = (f"use 0 (automatic: the usable cores, at most {MAX_AUTO_THREADS}), 1 (no split) or up to "
+                      f"{MAX_IMAGE_THREADS} threads")
+
 
 
 _SWITCH_VALUES = {"1": True, "true": True, "yes": True, "on": True, "0": False, "false": False, "no": False,
@@ -123,6 +128,8 @@ class AgentConfig:
                     setattr(config, name, int(value))
                 except ValueError:
                     raise ValueError(f"{ENV_PREFIX}{name.upper()}={value!r} is not an integer") from None
+        if not 0 <= config.image_threads <= MAX_IMAGE_THREADS:
+            raise ValueError(f"{ENV_PREFIX}IMAGE_THREADS={config.image_threads}: {IMAGE_THREADS_HINT}")
         if (value := get("shutdown_grace_s")) is not None:
             try:
                 config.shutdown_grace_s = float(value)

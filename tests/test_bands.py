@@ -65,10 +65,12 @@ def test_an_error_in_any_band_reaches_the_caller() -> None:
     assert bands.run(lambda first, stop: first, [(0, 1), (1, 2)]) == [0, 1]  # still usable
 
 
-def test_configure_picks_the_usable_cores_up_to_a_cap_and_refuses_negative_counts() -> None:
+def test_configure_picks_the_usable_cores_up_to_a_cap_and_refuses_counts_out_of_range() -> None:
     bands = RowBands(0)
     assert bands.threads == min(MAX_AUTO_THREADS, usable_cores())
     bands.configure(6)
     assert bands.threads == 6
-    with pytest.raises(ValueError, match="positive"):
+    with pytest.raises(ValueError, match="from 1 to 64"):
         bands.configure(-1)
+    with pytest.raises(ValueError, match="from 1 to 64"):
+        bands.configure(65)

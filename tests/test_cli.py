@@ -273,12 +273,17 @@ def test_serve_takes_image_threads_from_flag_over_environment(argv: list[str], e
     assert RowBands(config.image_threads).threads >= 1
 
 
-def test_serve_refuses_a_negative_image_thread_count(tmp_path: Path) -> None:
+@pytest.mark.parametrize("value", ["-2", "65"])
+def test_serve_refuses_an_image_thread_count_out_of_range_naming_where_it_came_from(value: str,
+                                                                                    tmp_path: Path) -> None:
     from edge_agent.cli import build_parser, main, serve_config
+    from edge_agent.config import AgentConfig
 
-    with pytest.raises(ValueError, match=r"--image-threads is -2; use 0 \(automatic\), 1 \(off\)"):
-        serve_config(build_parser().parse_args(["serve", "--image-threads", "-2"]), {})
-    assert main(["serve", "--image-threads", "-2", "--socket", str(tmp_path / "s.sock")]) == 1
+    with pytest.raises(ValueError, match=rf"--image-threads is {value}; use 0 \(automatic.*up to 64 threads"):
+        serve_config(build_parser().parse_args(["serve", "--image-threads", value]), {})
+    with pytest.raises(ValueError, match=rf"EDGE_AGENT_IMAGE_THREADS={value}: use 0"):
+        AgentConfig.from_env({"EDGE_AGENT_IMAGE_THREADS": value})
+    assert main(["serve", "--image-threads", value, "--socket", str(tmp_path / "s.sock")]) == 1
 
 
 def test_config_refuses_an_ort_spinning_value_that_is_not_a_switch() -> None:
