@@ -26,6 +26,7 @@ import onnxruntime as ort
 from PIL import Image
 
 from bench.timing import Row, Stats
+from edge_agent.engines.onnxruntime import SPIN_STOP_CONFIG_KEY
 
 # How a session's threads spin-wait: "agent" during a run only (OnnxRuntimeBackend's default),
 # "ort" during and after it (ONNX Runtime's default; serve --ort-spinning), "off" never.
@@ -50,7 +51,7 @@ def session_options(intra: int = 0, inter: int = 0, *, parallel: bool = False,
     if spin not in SPIN_MODES:
         raise ValueError(f"spin {spin!r}: one of {SPIN_MODES}")
     if spin == "agent":
-        options.add_session_config_entry("session.force_spinning_stop", "1")
+        options.add_session_config_entry(SPIN_STOP_CONFIG_KEY, "1")
     elif spin == "off":
         options.add_session_config_entry("session.intra_op.allow_spinning", "0")
     return options

@@ -22,8 +22,6 @@ ENV_PREFIX = "EDGE_AGENT_"
 IMAGE_THREADS_HINT = (f"use 0 (automatic: the usable cores, at most {MAX_AUTO_THREADS}), 1 (no split) or up to "
                       f"{MAX_IMAGE_THREADS} threads")
 
-
-
 _SWITCH_VALUES = {"1": True, "true": True, "yes": True, "on": True, "0": False, "false": False, "no": False,
                   "off": False}
 

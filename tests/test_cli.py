@@ -265,12 +265,12 @@ def test_serve_lets_onnxruntime_spin_only_when_flag_or_environment_asks(
 ])
 def test_serve_takes_image_threads_from_flag_over_environment(argv: list[str], environ: dict[str, str],
                                                               expected: int) -> None:
-    from edge_agent.bands import RowBands
+    from edge_agent.bands import MAX_AUTO_THREADS, RowBands, usable_cores
     from edge_agent.cli import build_parser, serve_config
 
     config = serve_config(build_parser().parse_args(["serve", *argv]), environ)
     assert config.image_threads == expected
-    assert RowBands(config.image_threads).threads >= 1
+    assert RowBands(config.image_threads).threads == (expected or min(MAX_AUTO_THREADS, usable_cores()))
 
 
 @pytest.mark.parametrize("value", ["-2", "65"])
